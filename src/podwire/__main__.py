@@ -1,0 +1,3 @@
+from podwire.cli import main
+
+raise SystemExit(main())
