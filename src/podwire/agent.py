@@ -1,0 +1,240 @@
+"""Wiring: packet source -> tracker -> identity -> sinks (telemetry, views).
+
+`Pipeline` is the single-threaded core shared by live capture and pcap replay.
+`Agent` owns the threads of `podwire run` and shuts them down with deadlines.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import TextIO
+
+from podwire import log
+from podwire.config import Settings
+from podwire.model import (
+    Batch,
+    ConnectionEvent,
+    ConnectionOpened,
+    DnsAnswer,
+    NamedConnection,
+    PacketSource,
+    Resolver,
+    Sink,
+)
+from podwire.tracker.tracker import Tracker, TrackerLimits
+
+_log = log.get("podwire.agent")
+
+TICK_S = 1.0  # how often timers (SYN timeout, idle expiry) run
+
+
+class Pipeline:
+    """Feeds segments to the tracker and hands every event, named, to the sinks."""
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        resolver: Resolver,
+        sinks: Sequence[Sink],
+        learn_dns: Callable[[Sequence[DnsAnswer]], None] | None = None,
+    ) -> None:
+        self.tracker = tracker
+        self._resolve = resolver.resolve
+        self._sinks = tuple(sinks)
+        self._learn_dns = learn_dns
+
+    def feed(self, batch: Batch) -> None:
+        feed = self.tracker.feed
+        dispatch = self._dispatch
+        if batch.dns and self._learn_dns is not None:
+            self._learn_dns(batch.dns)
+        for segment in batch.segments:
+            events = feed(segment)
+            if events:
+                dispatch(events)
+
+    def tick(self, now: float) -> None:
+        self._dispatch(self.tracker.expire(now))
+
+    def finish(self, now: float) -> None:
+        self._dispatch(self.tracker.flush(now))
+
+    def _dispatch(self, events: Sequence[ConnectionEvent]) -> None:
+        resolve = self._resolve
+        for event in events:
+            if isinstance(event, ConnectionOpened):
+                client = resolve(event.client.address, event.start_time)
+                server = resolve(event.server.address, event.start_time)
+                for sink in self._sinks:
+                    sink.on_opened(event, client, server)
+                continue
+            at = event.start_time if event.start_time is not None else event.end_time
+            named = NamedConnection(event, resolve(event.client.address, at), resolve(event.server.address, at))
+            for sink in self._sinks:
+                sink.on_connection(named)
+
+
+class CollectingSink:
+    """Keeps named connections in arrival order (replay, tests)."""
+
+    def __init__(self) -> None:
+        self.connections: list[NamedConnection] = []
+
+    def on_opened(self, event: ConnectionOpened, client: object, server: object) -> None:
+        return
+
+    def on_connection(self, conn: NamedConnection) -> None:
+        self.connections.append(conn)
+
+
+def drive(source: PacketSource, pipeline: Pipeline, clock: Callable[[], float] | None = None) -> None:
+    """Run a finite source to its end. With no clock, capture time drives the timers (replay)."""
+    last_tick = 0.0
+    last_ts = 0.0
+    while True:
+        batch = source.poll(0.5)
+        if batch is None:
+            break
+        pipeline.feed(batch)
+        if batch.segments:
+            last_ts = batch.segments[-1].ts
+        now = clock() if clock is not None else last_ts
+        if now - last_tick >= TICK_S:
+            pipeline.tick(now)
+            last_tick = now
+    pipeline.finish(clock() if clock is not None else last_ts)
+
+
+def replay(settings: Settings, path: str, fmt: str, out: TextIO) -> int:
+    """`podwire replay`: the same decoder and tracker over a pcap/pcapng file."""
+    from podwire.capture.pcap import PcapError, PcapSource
+    from podwire.identity import build_service
+    from podwire.views import records
+
+    try:
+        source = PcapSource(path)
+    except PcapError as exc:
+        print(f"podwire: {exc}", file=sys.stderr)
+        return 2
+    resolver = build_service(settings)
+    sink = CollectingSink()
+    pipeline = Pipeline(Tracker(TrackerLimits.from_settings(settings)), resolver, [sink], resolver.learn_dns)
+    try:
+        drive(source, pipeline)
+    finally:
+        source.close()
+    conns = sorted(sink.connections, key=_sort_key)
+    if fmt == "table":
+        records.write_table(conns, out)
+    else:
+        records.write_jsonl(conns, out)
+    stats = source.stats() if hasattr(source, "stats") else None
+    _log.info("replay_done", file=path, connections=len(conns), stats=str(stats) if stats else None)
+    return 0
+
+
+def _sort_key(conn: NamedConnection) -> tuple[float, float]:
+    r = conn.record
+    start = r.start_time if r.start_time is not None else (r.end_time or 0.0)
+    return (start, r.end_time or float("inf"))
+
+
+class StartError(Exception):
+    """The agent cannot start (not root, missing namespace, bad inventory): one line for the user."""
+
+
+class Agent:
+    """`podwire run`: capture thread + identity + telemetry + HTTP listener."""
+
+    def __init__(self, settings: Settings, extra_sinks: Sequence[Sink] = ()) -> None:
+        from podwire.capture.live import LiveCapture
+        from podwire.identity import build_service
+        from podwire.views.http import HttpServer, health_routes
+
+        self.settings = settings
+        try:
+            self.capture = LiveCapture(settings)
+        except PermissionError as exc:
+            raise StartError(f"capture needs root or CAP_NET_RAW: {exc}") from None
+        except OSError as exc:
+            raise StartError(f"capture cannot start: {exc}") from None
+        self.identity = build_service(settings)
+        self.tracker = Tracker(TrackerLimits.from_settings(settings))
+        sinks: list[Sink] = list(extra_sinks)
+        self.pipeline = Pipeline(self.tracker, self.identity, sinks, self.identity.learn_dns)
+        self.http = HttpServer(*settings.listen)
+        health_routes(self.http, self.ready)
+        self.failed: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="podwire-capture", daemon=True)
+
+    def ready(self) -> bool:
+        return self._thread.is_alive() and self.failed is None and bool(self.identity.ready)
+
+    def start(self) -> None:
+        self.identity.start()
+        self.http.start()
+        self._thread.start()
+        _log.info("agent_started", listen=f"{self.http.address[0]}:{self.http.address[1]}")
+
+    def _loop(self) -> None:
+        poll, feed, tick = self.capture.poll, self.pipeline.feed, self.pipeline.tick
+        last_tick = time.time()
+        try:
+            while not self._stop.is_set():
+                batch = poll(0.2)
+                if batch is None:
+                    break
+                if batch.segments or batch.dns:
+                    feed(batch)
+                now = time.time()
+                if now - last_tick >= TICK_S:
+                    tick(now)
+                    last_tick = now
+        except Exception as exc:  # a bug, not traffic: report it and let run() exit non-zero
+            _log.exception("capture_loop_failed")
+            self.failed = repr(exc)
+
+    def stop(self, deadline_s: float = 5.0) -> None:
+        """Stop capture, then identity and the listener, within `deadline_s` overall."""
+        end = time.monotonic() + deadline_s
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(max(0.0, end - time.monotonic()))
+        self.capture.close()
+        self.identity.stop(max(0.1, end - time.monotonic()))
+        self.http.stop(max(0.1, end - time.monotonic()))
+        _log.info("agent_stopped")
+
+
+class _StopFlag:
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.event.set()
+
+
+def run(settings: Settings) -> int:
+    """`podwire run`: the node agent, until SIGTERM/SIGINT."""
+    stop = _StopFlag()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        agent = Agent(settings)
+    except StartError as exc:
+        print(f"podwire: {exc}", file=sys.stderr)
+        return 2
+    agent.start()
+    try:
+        while not stop.event.wait(0.5):
+            if agent.failed is not None:
+                return 1
+    finally:
+        agent.stop(deadline_s=5.0)
+    return 0

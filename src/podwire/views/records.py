@@ -1,0 +1,103 @@
+"""Connection records as users see them: one JSON object per line, or a text table.
+
+The JSON field names are a contract (issue 2/3): keep them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+from podwire.model import Endpoint, Identity, IdentityKind, NamedConnection
+
+
+def identity_json(identity: Identity) -> dict[str, Any]:
+    if identity.kind is IdentityKind.POD:
+        return {
+            "kind": "pod",
+            "namespace": identity.namespace,
+            "name": identity.name,
+            "workload": identity.workload,
+            "workload_kind": identity.workload_kind,
+        }
+    out: dict[str, Any] = {"kind": str(identity.kind), "name": identity.name}
+    if identity.namespace is not None:
+        out["namespace"] = identity.namespace
+    return out
+
+
+def _end(endpoint: Endpoint, identity: Identity) -> dict[str, Any]:
+    return {"address": endpoint.address, "port": endpoint.port, "workload": identity_json(identity)}
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def record_json(conn: NamedConnection) -> dict[str, Any]:
+    r = conn.record
+    return {
+        "client": _end(r.client, conn.client),
+        "server": _end(r.server, conn.server),
+        "network_type": r.network_type,
+        "start_time": _round(r.start_time, 6),
+        "end_time": _round(r.end_time, 6),
+        "duration_s": _round(r.duration_s, 6),
+        "outcome": str(r.outcome),
+        "close_initiator": None if r.close_initiator is None else str(r.close_initiator),
+        "bytes_client_to_server": r.bytes_client_to_server,
+        "bytes_server_to_client": r.bytes_server_to_client,
+        "handshake_rtt_s": _round(r.handshake_rtt_s, 7),
+        "started_before_capture": r.started_before_capture,
+        "client_guessed": r.client_guessed,
+        "observed_side": None if r.observed_side is None else str(r.observed_side),
+    }
+
+
+def write_jsonl(conns: Iterable[NamedConnection], out: TextIO) -> int:
+    n = 0
+    for conn in conns:
+        out.write(json.dumps(record_json(conn), separators=(",", ":")) + "\n")
+        n += 1
+    return n
+
+
+def _who(endpoint: Endpoint, identity: Identity) -> str:
+    if identity.kind is IdentityKind.POD:
+        return f"{identity.namespace}/{identity.workload_name}"
+    if identity.kind is IdentityKind.EXTERNAL and identity.name == "external":
+        return endpoint.address
+    return identity.name
+
+
+def _num(value: float | int | None, fmt: str = "{}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+TABLE_HEADER = ("client", "server", "port", "outcome", "closed_by", "c->s bytes", "s->c bytes", "duration_s", "rtt_ms")
+
+
+def table_row(conn: NamedConnection) -> tuple[str, ...]:
+    r = conn.record
+    return (
+        _who(r.client, conn.client),
+        _who(r.server, conn.server),
+        str(r.server.port),
+        str(r.outcome),
+        "-" if r.close_initiator is None else str(r.close_initiator),
+        _num(r.bytes_client_to_server),
+        _num(r.bytes_server_to_client),
+        _num(r.duration_s, "{:.6f}"),
+        _num(None if r.handshake_rtt_s is None else r.handshake_rtt_s * 1000, "{:.3f}"),
+    )
+
+
+def write_table(conns: Iterable[NamedConnection], out: TextIO) -> int:
+    rows = [table_row(c) for c in conns]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(TABLE_HEADER)]
+    line = "  ".join("{:<%d}" % w for w in widths)
+    out.write(line.format(*TABLE_HEADER).rstrip() + "\n")
+    for row in rows:
+        out.write(line.format(*row).rstrip() + "\n")
+    return len(rows)

@@ -1,0 +1,141 @@
+"""The demo's live table: one row per edge (client workload -> server workload:port).
+
+`EdgeTable` is a Sink fed from the capture thread; the renderer reads a snapshot under a lock.
+Only connections that count (exactly once, same rule as the metrics) are aggregated.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from podwire.model import ConnectionOpened, Identity, IdentityKind, NamedConnection, Outcome
+
+MAX_EDGES = 500
+
+
+def label(identity: Identity, address: str) -> str:
+    if identity.kind is IdentityKind.POD:
+        return f"{identity.namespace}/{identity.workload_name}"
+    if identity.kind is IdentityKind.SERVICE:
+        return f"svc {identity.namespace}/{identity.name}"
+    if identity.kind is IdentityKind.EXTERNAL and identity.name == "external":
+        return address
+    return f"{identity.kind} {identity.name}"
+
+
+@dataclass(slots=True)
+class EdgeRow:
+    client: str
+    server: str
+    port: int
+    outcomes: dict[str, int] = field(default_factory=dict)
+    bytes_c2s: int = 0
+    bytes_s2c: int = 0
+    duration_sum: float = 0.0
+    duration_n: int = 0
+    duration_max: float = 0.0
+    updated: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.outcomes.values())
+
+
+class EdgeTable:
+    """Aggregates named connections per edge, bounded to MAX_EDGES (least recently updated evicted)."""
+
+    def __init__(self, counts: Callable[[NamedConnection], bool], max_edges: int = MAX_EDGES) -> None:
+        self._counts = counts
+        self._rows: dict[tuple[str, str, int], EdgeRow] = {}
+        self._lock = threading.Lock()
+        self._max = max_edges
+        self.evicted = 0
+        self.started = time.time()
+
+    def on_opened(self, event: ConnectionOpened, client: Identity, server: Identity) -> None:
+        return
+
+    def on_connection(self, conn: NamedConnection) -> None:
+        if not self._counts(conn):
+            return
+        r = conn.record
+        key = (label(conn.client, r.client.address), label(conn.server, r.server.address), r.server.port)
+        with self._lock:
+            row = self._rows.pop(key, None)
+            if row is None:
+                row = EdgeRow(*key)
+                if len(self._rows) >= self._max:
+                    del self._rows[next(iter(self._rows))]
+                    self.evicted += 1
+            self._rows[key] = row  # most recently updated last
+            outcome = str(r.outcome)
+            row.outcomes[outcome] = row.outcomes.get(outcome, 0) + 1
+            row.bytes_c2s += r.bytes_client_to_server or 0
+            row.bytes_s2c += r.bytes_server_to_client or 0
+            if r.duration_s is not None:
+                row.duration_sum += r.duration_s
+                row.duration_n += 1
+                row.duration_max = max(row.duration_max, r.duration_s)
+            row.updated = time.time()
+
+    def snapshot(self) -> list[EdgeRow]:
+        with self._lock:
+            rows = [
+                EdgeRow(
+                    r.client, r.server, r.port, dict(r.outcomes), r.bytes_c2s, r.bytes_s2c,
+                    r.duration_sum, r.duration_n, r.duration_max, r.updated,
+                )
+                for r in self._rows.values()
+            ]
+        rows.sort(key=lambda r: (r.client, r.server, r.port))
+        return rows
+
+
+COLUMNS = ("client", "server", "port", "conns", "closed", "reset", "refused", "timeout",
+           "c->s bytes", "s->c bytes", "avg dur s", "max dur s")
+
+
+def row_cells(row: EdgeRow) -> tuple[str, ...]:
+    avg = row.duration_sum / row.duration_n if row.duration_n else None
+    return (
+        row.client,
+        row.server,
+        str(row.port),
+        str(row.total),
+        str(row.outcomes.get(Outcome.CLOSED, 0)),
+        str(row.outcomes.get(Outcome.RESET, 0)),
+        str(row.outcomes.get(Outcome.REFUSED, 0)),
+        str(row.outcomes.get(Outcome.TIMEOUT, 0)),
+        f"{row.bytes_c2s:,}",
+        f"{row.bytes_s2c:,}",
+        "-" if avg is None else f"{avg:.4f}",
+        "-" if not row.duration_n else f"{row.duration_max:.4f}",
+    )
+
+
+def render_rich(rows: list[EdgeRow], title: str) -> object:
+    from rich.table import Table
+
+    table = Table(title=title, expand=False)
+    for i, name in enumerate(COLUMNS):
+        table.add_column(name, justify="left" if i < 2 else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*row_cells(row))
+    return table
+
+
+def write_plain(rows: list[EdgeRow], out: TextIO, now: float) -> None:
+    """One line per edge, for scripts (`--no-tui`)."""
+    for row in rows:
+        cells = dict(zip(COLUMNS, row_cells(row), strict=True))
+        out.write(
+            f"t={now:.0f} edge {cells['client']} -> {cells['server']}:{cells['port']} "
+            f"conns={cells['conns']} closed={cells['closed']} reset={cells['reset']} "
+            f"refused={cells['refused']} timeout={cells['timeout']} "
+            f"bytes_c2s={row.bytes_c2s} bytes_s2c={row.bytes_s2c} avg_dur_s={cells['avg dur s']}\n"
+        )
+    out.flush()
