@@ -1,0 +1,191 @@
+"""One AF_PACKET socket per interface, filtered in the kernel, read through a TPACKET_V3 ring.
+
+The kernel fills blocks of the shared ring with many frames and wakes us once per block (or
+after `retire_ms` when traffic is sparse); `drain()` walks every block handed to user space,
+decodes the frames in place (no copy out of the ring) and gives each block back.
+
+Layout (linux/if_packet.h):
+  tpacket_block_desc: version u32, offset_to_priv u32, then tpacket_hdr_v1:
+      block_status u32 @8, num_pkts u32 @12, offset_to_first_pkt u32 @16, blk_len u32 @20, ...
+  tpacket3_hdr: tp_next_offset u32 @0, tp_sec @4, tp_nsec @8, tp_snaplen @12, tp_len @16,
+      tp_status @20, tp_mac u16 @24, tp_net u16 @26, hv1 ... (48 bytes), then sockaddr_ll
+      (TPACKET_ALIGN(48) = 48): sll_pkttype u8 @48+10.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import mmap
+import os
+import socket
+import struct
+from collections.abc import Callable
+from typing import Final
+
+from podwire.capture.bpf import BpfProgram
+from podwire.model import Segment
+
+SOL_PACKET: Final = 263
+PACKET_RX_RING: Final = 5
+PACKET_STATISTICS: Final = 6
+PACKET_VERSION: Final = 10
+TPACKET_V3: Final = 2
+ETH_P_ALL: Final = 0x0003
+PACKET_OUTGOING: Final = 4
+TP_STATUS_KERNEL: Final = 0
+TP_STATUS_USER: Final = 1
+TP_STATUS_BLK_TMO: Final = 1 << 5
+
+_REQ3 = struct.Struct("=7I")  # block_size, block_nr, frame_size, frame_nr, retire_blk_tov, priv, feature
+_BLOCK_HDR = struct.Struct("=III")  # block_status, num_pkts, offset_to_first_pkt  (at +8)
+_FRAME_HDR = struct.Struct("=IIIIIIH")  # next_offset, sec, nsec, snaplen, len, status, mac
+_U32 = struct.Struct("=I")
+_STATS_V3 = struct.Struct("=III")  # tp_packets (incl. drops), tp_drops, tp_freeze_q_cnt
+_SLL_PKTTYPE = 48 + 10
+_FRAME_SIZE = 2048  # only constrains frame_nr in V3 (frames are packed variably)
+
+# (buf, off, end, ts, point, from_local) -> Segment | None
+Decode = Callable[[mmap.mmap, int, int, float, int, bool | None], "Segment | None"]
+
+
+class _SockaddrLL(ctypes.Structure):
+    _fields_ = [
+        ("sll_family", ctypes.c_ushort),
+        ("sll_protocol", ctypes.c_ushort),
+        ("sll_ifindex", ctypes.c_int),
+        ("sll_hatype", ctypes.c_ushort),
+        ("sll_pkttype", ctypes.c_ubyte),
+        ("sll_halen", ctypes.c_ubyte),
+        ("sll_addr", ctypes.c_ubyte * 8),
+    ]
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+class RingSocket:
+    """A bound, filtered AF_PACKET socket with a mapped TPACKET_V3 RX ring on one interface."""
+
+    __slots__ = (
+        "_block",
+        "_block_nr",
+        "_block_size",
+        "_ring",
+        "drops",
+        "ifindex",
+        "kernel_packets",
+        "name",
+        "sock",
+    )
+
+    def __init__(
+        self,
+        ifindex: int,
+        name: str,
+        program: BpfProgram,
+        *,
+        block_kib: int = 256,
+        blocks: int = 16,
+        retire_ms: int = 10,
+    ) -> None:
+        self.ifindex = ifindex
+        self.name = name
+        self.drops = 0
+        self.kernel_packets = 0
+        self._block_size = block_kib * 1024
+        self._block_nr = blocks
+        self._block = 0
+        # Protocol 0: nothing is queued until bind(), so no unfiltered frame slips in first.
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            program.attach(self.sock.fileno())
+            self.sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+            frame_nr = self._block_size * blocks // _FRAME_SIZE
+            req = _REQ3.pack(self._block_size, blocks, _FRAME_SIZE, frame_nr, retire_ms, 0, 0)
+            self.sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
+            self._ring = mmap.mmap(
+                self.sock.fileno(),
+                self._block_size * blocks,
+                mmap.MAP_SHARED,
+                mmap.PROT_READ | mmap.PROT_WRITE,
+            )
+            self._bind(ifindex)
+            self.sock.setblocking(False)
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _bind(self, ifindex: int) -> None:
+        # Python's AF_PACKET bind() takes a name; bind by index so a rename cannot race us.
+        addr = _SockaddrLL()
+        addr.sll_family = socket.AF_PACKET
+        addr.sll_protocol = socket.htons(ETH_P_ALL)
+        addr.sll_ifindex = ifindex
+        if _libc.bind(self.sock.fileno(), ctypes.byref(addr), ctypes.sizeof(addr)) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"bind AF_PACKET to ifindex {ifindex}: {os.strerror(err)}")
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def drain(self, decode: Decode, out: list[Segment], max_blocks: int = 0) -> int:
+        """Decode every frame of every block the kernel has handed over; return frames seen.
+
+        Each block is given back (block_status = TP_STATUS_KERNEL) as soon as it is walked.
+        `max_blocks` > 0 bounds one call so a flooded interface cannot starve the others.
+        """
+        ring = self._ring
+        size = self._block_size
+        nr = self._block_nr
+        block = self._block
+        point = self.ifindex
+        frames = 0
+        walked = 0
+        unpack_block = _BLOCK_HDR.unpack_from
+        unpack_frame = _FRAME_HDR.unpack_from
+        append = out.append
+        while True:
+            base = block * size
+            status, num, first = unpack_block(ring, base + 8)
+            if not status & TP_STATUS_USER:
+                break
+            pos = base + first
+            for _ in range(num):
+                nxt, sec, nsec, snaplen, _len, _st, mac = unpack_frame(ring, pos)
+                start = pos + mac
+                seg = decode(
+                    ring, start, start + snaplen, sec + nsec * 1e-9, point, ring[pos + _SLL_PKTTYPE] != 4
+                )
+                if seg is not None:
+                    append(seg)
+                pos += nxt
+            frames += num
+            _U32.pack_into(ring, base + 8, TP_STATUS_KERNEL)
+            block = (block + 1) % nr
+            walked += 1
+            if walked == max_blocks:
+                break
+        self._block = block
+        if walked == 0:
+            # Woken with nothing to read: an error (ENETDOWN when the link went down) is pending
+            # and would wake a level-triggered epoll forever; reading SO_ERROR clears it.
+            self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        return frames
+
+    def read_stats(self) -> tuple[int, int]:
+        """PACKET_STATISTICS (the kernel resets them on read): add to the totals, return (packets, drops)."""
+        raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS_V3.size)
+        packets, drops, _freeze = _STATS_V3.unpack(raw)
+        self.kernel_packets += packets
+        self.drops += drops
+        return self.kernel_packets, self.drops
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.read_stats()
+        # A Segment never holds a view into the ring, so nothing should pin it; never fail close.
+        with contextlib.suppress(BufferError, ValueError):
+            self._ring.close()
+        self.sock.close()

@@ -1,0 +1,105 @@
+"""The kernel filter: only TCP control segments (and optionally DNS answers) reach Python.
+
+The expression is built from named parts so that later features (TLS handshake records) add a
+part instead of rewriting the filter.  Each part is written once and then repeated behind one
+VLAN tag (libpcap's `vlan` shifts every later offset by 4), so tagged frames that the kernel did
+not untag are judged the same way.
+
+IPv4 uses libpcap's `tcp[tcpflags]`, which follows the IHL and skips non-first fragments.
+libpcap cannot apply `tcp[...]` to IPv6, so IPv6 tests the fixed offsets of a packet *without
+extension headers*: `ip6[6] == 6` (next header is TCP) and `ip6[53]` (40-byte IPv6 header + the
+TCP flags byte at 13).  TCP behind IPv6 extension headers is rare and is not passed; the
+decoder would handle it if it were.
+
+The expression is compiled once, at construction, by libpcap through scapy's `compile_filter`
+(Debian's libpcap0.8).  The accept value (how many bytes the kernel copies) is replaced by our
+snap length: headers are all we read, and a GSO'd FIN can otherwise copy 64 KiB into the ring.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass
+
+_TCP4_CONTROL = "(ip and tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) != 0)"
+_TCP6_CONTROL = "(ip6 and ip6[6] == 6 and ip6[53] & 0x07 != 0)"  # FIN|SYN|RST = 0x07
+_DNS_ANSWERS = "(udp src port 53)"
+
+BPF_RET_K = 0x06  # BPF_RET | BPF_K
+_INSN = struct.Struct("=HBBI")  # struct sock_filter
+_FPROG = struct.Struct("=HxxxxxxQ")  # struct sock_fprog on 64-bit: len, pad, filter pointer
+SO_ATTACH_FILTER = 26  # asm-generic/socket.h (Python's socket module lacks it)
+
+SNAPLEN_CONTROL = 512  # Ethernet + 2 VLAN tags + IPv6 + extension headers + 60-byte TCP header
+SNAPLEN_DNS = 4096  # DNS answers over UDP (EDNS0 payloads up to 4 KiB)
+
+
+class BpfError(RuntimeError):
+    """The filter could not be compiled (libpcap missing or a bad expression)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FilterOptions:
+    """What the kernel passes besides TCP control segments.  Chosen once, at start."""
+
+    dns_answers: bool = False
+    extra_parts: tuple[str, ...] = ()  # more pcap-filter clauses, ORed in (e.g. TLS records, later)
+
+
+@dataclass(frozen=True, slots=True)
+class BpfProgram:
+    expression: str
+    instructions: tuple[tuple[int, int, int, int], ...]  # (code, jt, jf, k)
+    snaplen: int
+
+    def packed(self) -> bytes:
+        """The `struct sock_filter` array for SO_ATTACH_FILTER."""
+        return b"".join(_INSN.pack(*insn) for insn in self.instructions)
+
+    def attach(self, sock_fd: int) -> None:
+        """SO_ATTACH_FILTER on an open socket (the kernel copies the program; ours can go)."""
+        import socket
+
+        code = ctypes.create_string_buffer(self.packed())
+        fprog = _FPROG.pack(len(self.instructions), ctypes.addressof(code))
+        sock = socket.socket(fileno=sock_fd)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        finally:
+            sock.detach()  # the fd belongs to the caller
+        del code
+
+
+def expression(options: FilterOptions) -> str:
+    """The pcap-filter text for `options`: the parts, then the same parts behind one VLAN tag."""
+    parts = [_TCP4_CONTROL, _TCP6_CONTROL]
+    if options.dns_answers:
+        parts.append(_DNS_ANSWERS)
+    parts.extend(f"({part})" for part in options.extra_parts)
+    core = " or ".join(parts)
+    return f"{core} or (vlan and ({core}))"
+
+
+def compile_program(options: FilterOptions, snaplen: int | None = None) -> BpfProgram:
+    """Compile with libpcap (EN10MB link type) and set the accept length to `snaplen`."""
+    if snaplen is None:
+        snaplen = SNAPLEN_DNS if options.dns_answers else SNAPLEN_CONTROL
+    text = expression(options)
+    try:
+        from scapy.arch.common import compile_filter
+        from scapy.error import Scapy_Exception
+    except ImportError as exc:  # pragma: no cover - scapy is a hard dependency
+        raise BpfError(f"cannot compile the capture filter: {exc}") from exc
+    try:
+        prog = compile_filter(text, linktype=1)
+    except (Scapy_Exception, ImportError, OSError) as exc:
+        raise BpfError(f"cannot compile the capture filter (is libpcap0.8 installed?): {exc}") from exc
+    insns: list[tuple[int, int, int, int]] = []
+    for i in range(prog.bf_len):
+        ins = prog.bf_insns[i]
+        code, jt, jf, k = int(ins.code), int(ins.jt), int(ins.jf), int(ins.k)
+        if code == BPF_RET_K and k != 0:
+            k = snaplen
+        insns.append((code, jt, jf, k))
+    return BpfProgram(text, tuple(insns), snaplen)

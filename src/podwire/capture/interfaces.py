@@ -1,0 +1,126 @@
+"""Pod interfaces, found and followed with netlink (pyroute2): no shell, no polling.
+
+`InterfaceWatch` holds one IPRoute socket bound to the link multicast group.  Its fd goes into
+the capture loop's selector; when readable, `events()` turns RTM_NEWLINK/RTM_DELLINK messages
+into `LinkAdded`/`LinkRemoved`.  The first call to `initial()` lists the links present now.
+
+A candidate is a veth whose peer lives in another network namespace (IFLA_LINK_NETNSID is
+present) when `veth_only`, filtered by the include/exclude name patterns.  A veth is often
+created with both ends in one namespace and its peer moved afterwards, so every RTM_NEWLINK is
+judged again: the interface becomes a candidate when the netnsid appears.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from podwire import log
+
+_log = log.get("podwire.capture.interfaces")
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    ifindex: int
+    name: str
+    kind: str | None  # IFLA_INFO_KIND: "veth", "bridge", ... None for plain devices
+    peer_netnsid: int | None  # IFLA_LINK_NETNSID: set when the peer is in another netns
+
+
+@dataclass(frozen=True, slots=True)
+class LinkChange:
+    """`link` became a candidate (added=True) or stopped being one / disappeared (added=False)."""
+
+    link: Link
+    added: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFilter:
+    include: re.Pattern[str]
+    exclude: re.Pattern[str]
+    veth_only: bool
+
+    @classmethod
+    def from_patterns(cls, include: str, exclude: str, veth_only: bool) -> LinkFilter:
+        return cls(re.compile(include), re.compile(exclude), veth_only)
+
+    def accepts(self, link: Link) -> bool:
+        if self.veth_only and (link.kind != "veth" or link.peer_netnsid is None):
+            return False
+        return bool(self.include.search(link.name)) and not self.exclude.search(link.name)
+
+
+def link_from_message(msg: Any) -> Link | None:
+    """A pyroute2 ifinfmsg -> Link (None if it carries no name, e.g. a partial message)."""
+    name = msg.get("ifname")
+    if not name:
+        return None
+    kind = None
+    info = msg.get("IFLA_LINKINFO")
+    if info is not None:
+        kind = info.get("IFLA_INFO_KIND")
+    netnsid = msg.get("IFLA_LINK_NETNSID")
+    return Link(int(msg["index"]), str(name), kind, None if netnsid is None else int(netnsid))
+
+
+class InterfaceWatch:
+    """Netlink link discovery; create it in the namespace to watch (the socket stays there)."""
+
+    def __init__(self, link_filter: LinkFilter) -> None:
+        from pyroute2 import IPRoute
+
+        self._filter = link_filter
+        self._ipr = IPRoute()
+        self._ipr.bind()  # RTM_NEWLINK/RTM_DELLINK multicast (bind before listing: no gap)
+        self._current: dict[int, Link] = {}  # candidates we reported as added
+        self.events_seen = 0
+        self.resyncs = 0
+
+    def fileno(self) -> int:
+        return int(self._ipr.fileno())
+
+    def initial(self) -> list[LinkChange]:
+        """Compare the full link list with what we reported; used at start and after an overflow."""
+        seen: dict[int, Link] = {}
+        for msg in self._ipr.get_links():
+            link = link_from_message(msg)
+            if link is not None and self._filter.accepts(link):
+                seen[link.ifindex] = link
+        changes = [LinkChange(link, False) for idx, link in self._current.items() if seen.get(idx) != link]
+        changes += [LinkChange(link, True) for idx, link in seen.items() if self._current.get(idx) != link]
+        self._current = seen
+        return changes
+
+    def events(self) -> list[LinkChange]:
+        """Read pending netlink messages (call when the fd is readable)."""
+        try:
+            messages = self._ipr.get()
+        except OSError as exc:  # ENOBUFS: the kernel dropped events; list everything again
+            _log.warning("netlink overflow, relisting links", error=str(exc))
+            self.resyncs += 1
+            return self.initial()
+        changes: list[LinkChange] = []
+        for msg in messages:
+            event = msg.get("event")
+            if event not in ("RTM_NEWLINK", "RTM_DELLINK"):
+                continue
+            self.events_seen += 1
+            index = int(msg["index"])
+            old = self._current.get(index)
+            link = link_from_message(msg) if event == "RTM_NEWLINK" else None
+            if link is not None and self._filter.accepts(link):
+                if old != link:
+                    if old is not None:  # renamed or re-peered: reopen under the new facts
+                        changes.append(LinkChange(old, False))
+                    changes.append(LinkChange(link, True))
+                    self._current[index] = link
+            elif old is not None:
+                changes.append(LinkChange(old, False))
+                del self._current[index]
+        return changes
+
+    def close(self) -> None:
+        self._ipr.close()
