@@ -1,0 +1,772 @@
+"""Sans-I/O TCP connection tracker: control segments in, connection events out.
+
+    tracker = Tracker(TrackerLimits.from_settings(settings))
+    events = tracker.feed(segment)     # per SYN / FIN / RST segment
+    events = tracker.expire(now)       # timers; call about once a second
+    events = tracker.flush(now)        # end of capture: everything left
+    tracker.stats                      # TrackerStats snapshot
+
+No sockets, files, clocks or logging: time only comes from segment timestamps and the `now`
+the caller passes, so live capture, pcap replay and tests drive the same code.  The rules
+(state x event -> action, next state) are the one table in `transitions.py`; this module
+classifies segments and keeps the books.
+
+Semantics (the contract other rooms rely on):
+
+* Key: (capture point, client address, server address, client port, server port); a segment
+  is looked up forward, then reversed.  The client is the SYN sender.  A SYN-ACK with no SYN
+  seen starts the connection too: server = SYN-ACK sender, client ISN = ack - 1,
+  start_time = the SYN-ACK's time, handshake_rtt_s None (bytes are still exact).
+* SYN with the entry's ISN = retransmit (handshake RTT runs from the LAST SYN before the
+  SYN-ACK, Karn).  A SYN with another ISN on a live tuple starts a NEW connection; the old
+  one is finished first: half-open -> TIMEOUT, established -> OPEN (anomaly
+  "syn_new_isn_on_live"), one FIN seen -> CLOSED with what is known.
+* SYN-ACK -> `ConnectionOpened` (start_time = first SYN, handshake_rtt_s = SYN-ACK - last SYN).
+* Bytes each way = (FIN.seq + FIN.payload_len - (ISN + 1)) mod 2**32.  A RST gives its
+  sender's position from seq: (seq - (ISN + 1)) mod 2**32.  A direction closed by a FIN
+  keeps its FIN count.  Otherwise the latest ack the other side sent on a FIN or RST is used
+  (a RST's ack is the peer's position; as a lower bound for a closing/open connection).  The
+  handshake's own ack (always ISN + 1) is no evidence of payload, so an established
+  connection with no FIN or RST reports None, not 0.
+* Both FINs -> CLOSED at once.  close_initiator = first FIN's sender, or BOTH when the second
+  FIN does not acknowledge the first (it was sent before the first arrived).  A FIN whose
+  end position (seq + payload) was already seen is a retransmit and ignored.
+* RST after the handshake -> RESET, initiator = first FIN-or-RST sender.  RST from the server
+  side before any SYN-ACK -> REFUSED (bytes 0/0, initiator None); if it carries ACK, the
+  ack must be client ISN + 1 (else "ack_mismatch", ignored).
+* Mid-stream (FIN or RST on an unknown tuple): started_before_capture, start_time None,
+  bytes None, client_guessed; emitted at the second FIN or a RST, duration None.  Role guess:
+  each port gets a class (well-known < 1024 < registered < 32768 <= ephemeral); the server
+  is the port in the lower class, within a class the lower port, on equal ports the
+  destination of the first segment seen.
+* Timers (`expire`): half-open older than syn_timeout_s (from the first SYN) -> TIMEOUT
+  (end_time = last SYN, bytes None); one FIN seen for longer than closing_timeout_s ->
+  CLOSED with what is known (end_time = the first FIN); established for longer than
+  idle_timeout_s with no FIN/RST -> dropped without a record, anomaly "idle_expired" (only
+  control packets are seen, so "idle" means no control packet since the handshake).
+* `flush`: runs `expire(now)`, then half-open -> TIMEOUT, established or one FIN seen ->
+  OPEN (end_time/duration None, close_initiator None, bytes from FINs/RSTs/acks or None).
+* After a connection ends its entry is kept for time_wait_s (bounded) so that late
+  retransmitted FINs/RSTs/SYN-ACKs are counted ("after_close", "late_syn", "late_synack")
+  instead of starting phantom mid-stream connections.
+* Bounded: half-open table full -> its oldest entry is evicted; whole table full -> the
+  oldest established entry (then closing, then half-open).  Evicted entries produce no
+  record; every eviction is counted by the phase it was evicted from.
+* observed_side comes from the `from_local` of the segment that fixed the roles.
+* Hostile input never raises: odd segments are counted in stats.anomalies by kind.
+
+Hot-path notes: `feed` returns the shared empty tuple when nothing is emitted; phases are
+OrderedDicts (insertion order = time order, O(1) pops from the front, where a plain dict's
+`next(iter(d))` degrades to O(n) after many front deletions); records are built through
+the slots' descriptors because frozen dataclass __init__ costs ~3 us for ConnectionRecord.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from podwire.model import (
+    ACK,
+    FIN,
+    RST,
+    SYN,
+    CloseInitiator,
+    ConnectionEvent,
+    ConnectionOpened,
+    ConnectionRecord,
+    Endpoint,
+    Outcome,
+    Segment,
+    Side,
+)
+from podwire.tracker.transitions import N_EVENTS, RULES, Event, Rule, State
+
+if TYPE_CHECKING:
+    from podwire.config import Settings
+
+__all__ = ["Events", "Tracker", "TrackerLimits", "TrackerStats"]
+
+Events = tuple[ConnectionEvent, ...]
+Key = tuple[int, bytes, bytes, int, int]  # (point, client addr, server addr, client port, server port)
+
+_MASK = 0xFFFFFFFF
+_HALF = 0x80000000
+_NONE: Events = ()
+_ENDPOINT_CACHE = 65_536
+
+# Plain ints for the hot path (IntEnum arithmetic is slower).
+_NEW = int(State.NEW)
+_HALF_OPEN = int(State.HALF_OPEN)
+_ESTABLISHED = int(State.ESTABLISHED)
+_CLOSING_C = int(State.CLOSING_C)
+_CLOSING_S = int(State.CLOSING_S)
+_EV_SYN, _EV_SYN_OTHER = int(Event.SYN), int(Event.SYN_OTHER)
+_EV_SYNACK, _EV_SYNACK_C = int(Event.SYNACK), int(Event.SYNACK_C)
+_EV_FIN_C, _EV_FIN_S = int(Event.FIN_C), int(Event.FIN_S)
+_EV_RST_C, _EV_RST_S = int(Event.RST_C), int(Event.RST_S)
+
+_CLIENT, _SERVER, _BOTH = CloseInitiator.CLIENT, CloseInitiator.SERVER, CloseInitiator.BOTH
+_CLOSED, _RESET, _REFUSED = Outcome.CLOSED, Outcome.RESET, Outcome.REFUSED
+_TIMEOUT, _OPEN = Outcome.TIMEOUT, Outcome.OPEN
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerLimits:
+    """Table bounds and timers.  time_wait_s / max_recently_closed bound the memory of
+    finished connections that absorbs late retransmits (Linux keeps TIME_WAIT for 60 s)."""
+
+    max_connections: int = 262_144
+    max_half_open: int = 65_536
+    syn_timeout_s: float = 20.0
+    closing_timeout_s: float = 300.0
+    idle_timeout_s: float = 86_400.0
+    time_wait_s: float = 60.0
+    max_recently_closed: int = 65_536
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not value > 0:
+                raise ValueError(f"TrackerLimits.{f.name} must be positive, got {value!r}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TrackerLimits:
+        return cls(
+            max_connections=settings.max_connections,
+            max_half_open=settings.max_half_open,
+            syn_timeout_s=settings.syn_timeout_s,
+            closing_timeout_s=settings.closing_timeout_s,
+            idle_timeout_s=settings.idle_timeout_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerStats:
+    """A snapshot: table sizes now, evictions and anomalies as counters since start."""
+
+    entries: int
+    half_open: int
+    established: int
+    closing: int
+    recently_closed: int
+    evictions: Mapping[str, int]  # by the phase the entry was evicted from
+    anomalies: Mapping[str, int]  # by kind
+
+
+# --- fast constructors for the frozen, slotted value types -----------------------------
+# A frozen dataclass __init__ goes through object.__setattr__ per field (~3 us for the
+# 17 fields of ConnectionRecord).  Writing through the slot descriptors gives an equal object
+# in about half the time.  If the model's fields ever change, fall back to the real class.
+
+_RECORD_FIELDS = (
+    "point", "client", "server", "network_type", "start_time", "end_time", "duration_s",
+    "outcome", "close_initiator", "bytes_client_to_server", "bytes_server_to_client",
+    "handshake_rtt_s", "started_before_capture", "client_guessed", "client_isn", "server_isn",
+    "observed_side",
+)  # fmt: skip
+_OPENED_FIELDS = (
+    "point", "client", "server", "start_time", "handshake_rtt_s", "client_isn", "server_isn",
+    "observed_side",
+)  # fmt: skip
+_ENDPOINT_FIELDS = ("address", "port")
+
+
+def _fields_match(cls: type, names: tuple[str, ...]) -> bool:
+    return tuple(f.name for f in dataclasses.fields(cls)) == names and all(
+        hasattr(cls.__dict__.get(n), "__set__") for n in names
+    )
+
+
+def _setters(cls: type, names: tuple[str, ...]) -> list[Callable[[Any, Any], None]]:
+    return [cls.__dict__[n].__set__ for n in names]
+
+
+def _record_maker() -> Callable[..., ConnectionRecord]:
+    if not _fields_match(ConnectionRecord, _RECORD_FIELDS):
+        return ConnectionRecord
+    (s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15, s16) = _setters(
+        ConnectionRecord, _RECORD_FIELDS
+    )
+    new = object.__new__
+    cls = ConnectionRecord
+
+    def make(
+        a0: Any, a1: Any, a2: Any, a3: Any, a4: Any, a5: Any, a6: Any, a7: Any, a8: Any,
+        a9: Any, a10: Any, a11: Any, a12: Any, a13: Any, a14: Any, a15: Any, a16: Any,
+    ) -> ConnectionRecord:  # fmt: skip
+        o = new(cls)
+        s0(o, a0)
+        s1(o, a1)
+        s2(o, a2)
+        s3(o, a3)
+        s4(o, a4)
+        s5(o, a5)
+        s6(o, a6)
+        s7(o, a7)
+        s8(o, a8)
+        s9(o, a9)
+        s10(o, a10)
+        s11(o, a11)
+        s12(o, a12)
+        s13(o, a13)
+        s14(o, a14)
+        s15(o, a15)
+        s16(o, a16)
+        return o
+
+    return make
+
+
+def _opened_maker() -> Callable[..., ConnectionOpened]:
+    if not _fields_match(ConnectionOpened, _OPENED_FIELDS):
+        return ConnectionOpened
+    s0, s1, s2, s3, s4, s5, s6, s7 = _setters(ConnectionOpened, _OPENED_FIELDS)
+    new = object.__new__
+    cls = ConnectionOpened
+
+    def make(a0: Any, a1: Any, a2: Any, a3: Any, a4: Any, a5: Any, a6: Any, a7: Any) -> ConnectionOpened:
+        o = new(cls)
+        s0(o, a0)
+        s1(o, a1)
+        s2(o, a2)
+        s3(o, a3)
+        s4(o, a4)
+        s5(o, a5)
+        s6(o, a6)
+        s7(o, a7)
+        return o
+
+    return make
+
+
+def _endpoint_maker() -> Callable[[str, int], Endpoint]:
+    if not _fields_match(Endpoint, _ENDPOINT_FIELDS):
+        return Endpoint
+    s0, s1 = _setters(Endpoint, _ENDPOINT_FIELDS)
+    new = object.__new__
+    cls = Endpoint
+
+    def make(address: str, port: int) -> Endpoint:
+        o = new(cls)
+        s0(o, address)
+        s1(o, port)
+        return o
+
+    return make
+
+
+_make_record = _record_maker()
+_make_opened = _opened_maker()
+_make_endpoint = _endpoint_maker()
+FAST_CONSTRUCTORS = _make_record is not ConnectionRecord and _make_opened is not ConnectionOpened
+
+
+def address_text(addr: bytes) -> str:
+    """Packed 4- or 16-byte address -> text; anything else -> hex (never raises)."""
+    try:
+        if len(addr) == 4:
+            return socket.inet_ntop(socket.AF_INET, addr)
+        if len(addr) == 16:
+            return socket.inet_ntop(socket.AF_INET6, addr)
+        return bytes(addr).hex()
+    except (TypeError, ValueError, OSError):
+        return repr(addr)
+
+
+def _port_rank(port: int) -> tuple[int, int]:
+    return (0 if port < 1024 else 1 if port < 32768 else 2, port)
+
+
+def guess_client_is_src(sport: int, dport: int) -> bool:
+    """Mid-stream role guess: True if the sender (sport) looks like the client."""
+    return _port_rank(sport) >= _port_rank(dport)
+
+
+class _Entry:
+    """One tracked connection.  Positions (c_fin, s_fin, c_rst, s_rst, c_ack, s_ack) are raw
+    32-bit sequence numbers; byte counts are derived only when the record is built."""
+
+    __slots__ = (
+        "before",  # started before capture (mid-stream)
+        "c_ack",  # latest ack the client sent on a FIN/RST (server's position)
+        "c_fin",  # client FIN end position: seq + payload_len
+        "c_rst",  # client RST seq
+        "cisn",
+        "client",  # Endpoint, built once
+        "first",  # CloseInitiator of the first FIN-or-RST sender
+        "guessed",
+        "key",
+        "rtt",
+        "s_ack",
+        "s_fin",
+        "s_rst",
+        "server",
+        "side",
+        "since",  # time the entry entered its phase (timers); after the end: time it ended
+        "sisn",
+        "start",
+        "state",
+        "syn_ts",  # last SYN time (Karn)
+    )
+
+    def __init__(
+        self, key: Key, state: int, ts: float, cisn: int | None, sisn: int | None, side: Side | None
+    ) -> None:
+        self.key = key
+        self.state = state
+        self.start: float | None = ts
+        self.syn_ts = ts
+        self.since = ts
+        self.cisn = cisn
+        self.sisn = sisn
+        self.side = side
+        self.rtt: float | None = None
+        self.c_fin: int | None = None
+        self.s_fin: int | None = None
+        self.c_rst: int | None = None
+        self.s_rst: int | None = None
+        self.c_ack: int | None = None
+        self.s_ack: int | None = None
+        self.first: CloseInitiator | None = None
+        self.before = False
+        self.guessed = False
+        self.client: Endpoint | None = None
+        self.server: Endpoint | None = None
+
+
+def _side(from_local: bool | None, sender_is_client: bool) -> Side | None:
+    """Where the capture point sits: next to the sender if it is the local workload."""
+    if from_local is None:
+        return None
+    return Side.CLIENT if from_local == sender_is_client else Side.SERVER
+
+
+def _bytes_one_way(isn: int | None, fin: int | None, rst: int | None, peer_ack: int | None) -> int | None:
+    if isn is None:
+        return None
+    if fin is not None:
+        return (fin - isn - 1) & _MASK
+    if rst is not None:
+        return (rst - isn - 1) & _MASK
+    if peer_ack is not None:
+        return (peer_ack - isn - 1) & _MASK
+    return None
+
+
+class Tracker:
+    """See the module docstring for the semantics; `transitions.TABLE` for the rules."""
+
+    def __init__(self, limits: TrackerLimits | None = None) -> None:
+        self.limits = limits = limits or TrackerLimits()
+        self._max_connections = limits.max_connections
+        self._max_half_open = limits.max_half_open
+        self._max_recent = limits.max_recently_closed
+        self._entries: dict[Key, _Entry] = {}
+        self._half_open: OrderedDict[Key, _Entry] = OrderedDict()
+        self._established: OrderedDict[Key, _Entry] = OrderedDict()
+        self._closing: OrderedDict[Key, _Entry] = OrderedDict()
+        self._recent: OrderedDict[Key, _Entry] = OrderedDict()  # finished, absorbing late segments
+        # state -> the phase dict holding entries in that state
+        self._phase: tuple[OrderedDict[Key, _Entry], ...] = (
+            self._recent,  # NEW: never looked up for a live entry
+            self._half_open,
+            self._established,
+            self._closing,
+            self._closing,
+        )
+        self._evictions: dict[str, int] = {}
+        self._anomalies: dict[str, int] = {}
+        self._endpoints: dict[tuple[bytes, int], Endpoint] = {}
+        # Decide at construction: one bound handler per (state, event) slot of the table.
+        self._handlers: tuple[Callable[[_Entry | None, Segment, bool, Rule], Events], ...] = tuple(
+            getattr(self, "_do_" + rule.action) for rule in RULES
+        )
+
+    # --- public API ----------------------------------------------------------------------
+
+    def feed(self, seg: Segment) -> Events:
+        """One SYN/FIN/RST segment -> the events it completes (usually none: shared `()`)."""
+        flags = seg.flags
+        entries = self._entries
+        key: Key = seg[1:6]  # (point, src, dst, sport, dport): the forward key
+        entry = entries.get(key)
+        from_client = entry is not None
+        if entry is None:
+            key = (seg.point, seg.dst, seg.src, seg.dport, seg.sport)
+            entry = entries.get(key)
+        if flags & RST:
+            event = _EV_RST_C if from_client else _EV_RST_S
+        elif flags & SYN:
+            if flags & FIN:
+                return self._anomaly("bad_flags")
+            if flags & ACK:
+                event = _EV_SYNACK_C if from_client else _EV_SYNACK
+            elif entry is None or (from_client and seg.seq == entry.cisn):
+                event = _EV_SYN
+            else:
+                event = _EV_SYN_OTHER
+        elif flags & FIN:
+            event = _EV_FIN_C if from_client else _EV_FIN_S
+        else:
+            return self._anomaly("no_control_flag")
+        if entry is None:
+            state = _NEW
+            if event >= _EV_FIN_C:  # FIN or RST on an unknown tuple
+                recent = self._recent
+                if key in recent or seg[1:6] in recent:
+                    return self._anomaly("after_close")
+                from_client = guess_client_is_src(seg.sport, seg.dport)
+                if from_client:
+                    event = _EV_FIN_C if event == _EV_FIN_S else _EV_RST_C if event == _EV_RST_S else event
+        else:
+            state = entry.state
+        index = state * N_EVENTS + event
+        rule = RULES[index]
+        if rule.anomaly is not None:
+            self._count(self._anomalies, rule.anomaly)
+        return self._handlers[index](entry, seg, from_client, rule)
+
+    def expire(self, now: float) -> list[ConnectionEvent]:
+        """Run the timers.  Costs O(expired): each phase is in time order."""
+        out: list[ConnectionEvent] = []
+        half_open = self._half_open
+        limit = self.limits.syn_timeout_s
+        while half_open:
+            entry = half_open[next(iter(half_open))]
+            if now - entry.since <= limit:
+                break
+            out.append(self._finish(entry, _TIMEOUT, entry.syn_ts, None, now))
+        closing = self._closing
+        limit = self.limits.closing_timeout_s
+        while closing:
+            entry = closing[next(iter(closing))]
+            if now - entry.since <= limit:
+                break
+            out.append(self._finish(entry, _CLOSED, entry.since, entry.first, now))
+        established = self._established
+        limit = self.limits.idle_timeout_s
+        while established:
+            key, entry = next(iter(established.items()))
+            if now - entry.since <= limit:
+                break
+            del established[key]
+            del self._entries[key]
+            self._count(self._anomalies, "idle_expired")
+        recent = self._recent
+        limit = self.limits.time_wait_s
+        while recent:
+            key, entry = next(iter(recent.items()))
+            if now - entry.since <= limit:
+                break
+            del recent[key]
+        return out
+
+    def flush(self, now: float) -> list[ConnectionEvent]:
+        """End of capture: `expire(now)`, then a record for every entry left (see module doc)."""
+        out = self.expire(now)
+        for entry in list(self._half_open.values()):
+            out.append(self._finish(entry, _TIMEOUT, entry.syn_ts, None, now))
+        for phase in (self._established, self._closing):
+            for entry in list(phase.values()):
+                out.append(self._finish(entry, _OPEN, None, None, now))
+        self._recent.clear()
+        self._endpoints.clear()
+        return out
+
+    @property
+    def stats(self) -> TrackerStats:
+        return TrackerStats(
+            entries=len(self._entries),
+            half_open=len(self._half_open),
+            established=len(self._established),
+            closing=len(self._closing),
+            recently_closed=len(self._recent),
+            evictions=MappingProxyType(dict(self._evictions)),
+            anomalies=MappingProxyType(dict(self._anomalies)),
+        )
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # --- bookkeeping ---------------------------------------------------------------------
+
+    @staticmethod
+    def _count(counter: dict[str, int], kind: str) -> None:
+        counter[kind] = counter.get(kind, 0) + 1
+
+    def _anomaly(self, kind: str) -> Events:
+        self._count(self._anomalies, kind)
+        return _NONE
+
+    def _admit(self, key: Key, entry: _Entry, phase: OrderedDict[Key, _Entry]) -> None:
+        """Insert a new entry, evicting first if a bound is reached (counted, no record)."""
+        entries = self._entries
+        if phase is self._half_open and len(phase) >= self._max_half_open:
+            self._evict(phase, "half_open")
+        if len(entries) >= self._max_connections:
+            for victims, kind in (
+                (self._established, "established"),
+                (self._closing, "closing"),
+                (self._half_open, "half_open"),
+            ):
+                if victims:
+                    self._evict(victims, kind)
+                    break
+        entries[key] = entry
+        phase[key] = entry
+
+    def _evict(self, phase: OrderedDict[Key, _Entry], kind: str) -> None:
+        key, _ = phase.popitem(last=False)
+        del self._entries[key]
+        self._count(self._evictions, kind)
+
+    def _move(self, entry: _Entry, state: int, ts: float) -> None:
+        key = entry.key
+        old = self._phase[entry.state]
+        new = self._phase[state]
+        if old is not new:
+            del old[key]
+            new[key] = entry
+        entry.state = state
+        entry.since = ts
+
+    def _bury(self, entry: _Entry, ts: float) -> None:
+        """Remember a finished connection for time_wait_s (late FIN/RST/SYN-ACK)."""
+        recent = self._recent
+        key = entry.key
+        if recent.pop(key, None) is None and len(recent) >= self._max_recent:
+            recent.popitem(last=False)
+        entry.since = ts
+        entry.state = _NEW
+        recent[key] = entry
+
+    def _endpoint(self, addr: bytes, port: int) -> Endpoint:
+        cache = self._endpoints
+        k = (addr, port)
+        ep = cache.get(k)
+        if ep is None:
+            if len(cache) >= _ENDPOINT_CACHE:
+                cache.clear()
+            ep = cache[k] = _make_endpoint(address_text(addr), port)
+        return ep
+
+    def _endpoints_of(self, entry: _Entry) -> tuple[Endpoint, Endpoint]:
+        client = entry.client
+        server = entry.server
+        if client is None or server is None:
+            _, caddr, saddr, cport, sport = entry.key
+            client = entry.client = self._endpoint(caddr, cport)
+            server = entry.server = self._endpoint(saddr, sport)
+        return client, server
+
+    def _opened(self, entry: _Entry) -> ConnectionOpened:
+        client, server = self._endpoints_of(entry)
+        return _make_opened(
+            entry.key[0], client, server, entry.start, entry.rtt, entry.cisn, entry.sisn, entry.side
+        )
+
+    def _record(
+        self, entry: _Entry, outcome: Outcome, end: float | None, initiator: CloseInitiator | None
+    ) -> ConnectionRecord:
+        client, server = self._endpoints_of(entry)
+        c2s: int | None
+        s2c: int | None
+        if outcome is _REFUSED:
+            c2s = s2c = 0
+        elif outcome is _TIMEOUT:
+            c2s = s2c = None
+        else:
+            c2s = _bytes_one_way(entry.cisn, entry.c_fin, entry.c_rst, entry.s_ack)
+            s2c = _bytes_one_way(entry.sisn, entry.s_fin, entry.s_rst, entry.c_ack)
+        start = entry.start
+        key = entry.key
+        return _make_record(
+            key[0],
+            client,
+            server,
+            "ipv4" if len(key[1]) == 4 else "ipv6",
+            start,
+            end,
+            end - start if end is not None and start is not None else None,
+            outcome,
+            initiator,
+            c2s,
+            s2c,
+            entry.rtt,
+            entry.before,
+            entry.guessed,
+            entry.cisn,
+            entry.sisn,
+            entry.side,
+        )
+
+    def _finish(
+        self,
+        entry: _Entry,
+        outcome: Outcome,
+        end: float | None,
+        initiator: CloseInitiator | None,
+        now: float,
+    ) -> ConnectionRecord:
+        """Remove a live entry, build its record and remember it as recently closed."""
+        key = entry.key
+        del self._entries[key]
+        del self._phase[entry.state][key]
+        record = self._record(entry, outcome, end, initiator)
+        self._bury(entry, now)
+        return record
+
+    def _new_key(self, seg: Segment, sender_is_client: bool) -> Key:
+        if sender_is_client:
+            return seg[1:6]
+        return (seg.point, seg.dst, seg.src, seg.dport, seg.sport)
+
+    # --- actions (named by the table) ------------------------------------------------------
+
+    def _do_ignore(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
+        return _NONE
+
+    def _do_new_half_open(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
+        key: Key = seg[1:6]
+        tomb = self._recent.get(key)
+        if tomb is not None and tomb.cisn == seg.seq:
+            return self._anomaly("late_syn")  # a retransmit of a connection already reported
+        ts = seg.ts
+        new = _Entry(key, _HALF_OPEN, ts, seg.seq, None, _side(seg.from_local, True))
+        self._admit(key, new, self._half_open)
+        return _NONE
+
+    def _do_syn_retransmit(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
+        assert entry is not None
+        entry.syn_ts = seg.ts  # Karn: the RTT runs from the last SYN
+        return _NONE
+
+    def _do_replace(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
+        """New SYN on a live tuple: finish the old connection, then start the new one."""
+        assert entry is not None and rule.outcome is not None
+        outcome = rule.outcome
+        if outcome is _TIMEOUT:
+            end: float | None = entry.syn_ts
+        elif outcome is _CLOSED:
+            end = entry.since  # the first FIN
+        else:
+            end = None
+        initiator = entry.first if outcome is _CLOSED else None
+        old = self._finish(entry, outcome, end, initiator, seg.ts)
+        self._do_new_half_open(None, seg, True, rule)
+        return (old,)
+
+    def _do_open(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
+        assert entry is not None and entry.cisn is not None
+        if (seg.ack - entry.cisn - 1) & _MASK:
+            return self._anomaly("ack_mismatch")  # answers some other SYN
+        ts = seg.ts
+        entry.sisn = seg.seq
+        entry.rtt = ts - entry.syn_ts
+        self._move(entry, _ESTABLISHED, ts)
+        return (self._opened(entry),)
+
+    def _do_new_from_synack(
+        self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule
+    ) -> Events:
+        key = self._new_key(seg, False)  # the SYN-ACK's sender is the server
+        tomb = self._recent.get(key)
+        if tomb is not None and tomb.sisn == seg.seq:
+            return self._anomaly("late_synack")
+        new = _Entry(key, _ESTABLISHED, seg.ts, (seg.ack - 1) & _MASK, seg.seq, _side(seg.from_local, False))
+        self._admit(key, new, self._established)
+        return (self._opened(new),)
+
+    def _do_dup_synack(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
+        assert entry is not None
+        if entry.sisn is not None and seg.seq != entry.sisn:
+            return self._anomaly("synack_new_isn")
+        return _NONE
+
+    def _do_fin_first(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
+        assert entry is not None
+        self._note_fin(entry, seg, from_client)
+        entry.first = _CLIENT if from_client else _SERVER
+        self._move(entry, rule.next_state, seg.ts)
+        return _NONE
+
+    def _do_new_midstream_fin(
+        self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule
+    ) -> Events:
+        key = self._new_key(seg, from_client)
+        new = _Entry(key, rule.next_state, seg.ts, None, None, _side(seg.from_local, from_client))
+        new.start = None
+        new.before = new.guessed = True
+        self._note_fin(new, seg, from_client)
+        new.first = _CLIENT if from_client else _SERVER
+        self._admit(key, new, self._closing)
+        return _NONE
+
+    def _do_fin_again(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
+        assert entry is not None
+        end = (seg.seq + seg.payload_len) & _MASK
+        if end != (entry.c_fin if from_client else entry.s_fin):
+            return self._anomaly("fin_seq_changed")  # keep the first FIN's count
+        return _NONE
+
+    def _do_fin_second(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
+        assert entry is not None
+        self._note_fin(entry, seg, from_client)
+        first_end = entry.s_fin if from_client else entry.c_fin
+        initiator = entry.first
+        if not seg.flags & ACK:
+            self._count(self._anomalies, "fin_without_ack")
+        elif first_end is not None and ((seg.ack - first_end - 1) & _MASK) >= _HALF:
+            initiator = _BOTH  # sent before the first FIN arrived: simultaneous close
+        return (self._finish(entry, _CLOSED, seg.ts, initiator, seg.ts),)
+
+    def _do_reset(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
+        assert entry is not None
+        flags = seg.flags
+        if from_client:
+            if entry.c_fin is None:
+                entry.c_rst = seg.seq
+            if flags & ACK:
+                entry.c_ack = seg.ack
+        else:
+            if entry.s_fin is None:
+                entry.s_rst = seg.seq
+            if flags & ACK:
+                entry.s_ack = seg.ack
+        initiator = entry.first or (_CLIENT if from_client else _SERVER)
+        return (self._finish(entry, _RESET, seg.ts, initiator, seg.ts),)
+
+    def _do_refuse(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
+        assert entry is not None and entry.cisn is not None
+        if seg.flags & ACK and (seg.ack - entry.cisn - 1) & _MASK:
+            return self._anomaly("ack_mismatch")  # the client would drop it too
+        return (self._finish(entry, _REFUSED, seg.ts, None, seg.ts),)
+
+    def _do_midstream_reset(
+        self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule
+    ) -> Events:
+        key = self._new_key(seg, from_client)
+        new = _Entry(key, _NEW, seg.ts, None, None, _side(seg.from_local, from_client))
+        new.start = None
+        new.before = new.guessed = True
+        record = self._record(new, _RESET, seg.ts, _CLIENT if from_client else _SERVER)
+        self._bury(new, seg.ts)
+        return (record,)
+
+    @staticmethod
+    def _note_fin(entry: _Entry, seg: Segment, from_client: bool) -> None:
+        end = (seg.seq + seg.payload_len) & _MASK
+        if from_client:
+            entry.c_fin = end
+            if seg.flags & ACK:
+                entry.c_ack = seg.ack
+        else:
+            entry.s_fin = end
+            if seg.flags & ACK:
+                entry.s_ack = seg.ack
