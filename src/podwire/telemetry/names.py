@@ -35,6 +35,7 @@ AGENT_TRACKER_ENTRIES: Final = "podwire.agent.tracker.entries"  # podwire_agent_
 AGENT_TRACKER_EVICTIONS: Final = "podwire.agent.tracker.evictions"  # ..._evictions_total
 AGENT_TRACKER_ANOMALIES: Final = "podwire.agent.tracker.anomalies"  # ..._anomalies_total{kind}
 AGENT_IDENTITY_MISSES: Final = "podwire.agent.identity.misses"  # ..._misses_total
+AGENT_SERIES: Final = "podwire.agent.series"  # podwire_agent_series (edge label sets held)
 AGENT_SERIES_DROPPED: Final = "podwire.agent.series.dropped"  # ..._dropped_total (cardinality cap)
 AGENT_EXPORT_FAILURES: Final = "podwire.agent.export.failures"  # ..._failures_total{signal}
 AGENT_EXPORT_DROPPED: Final = "podwire.agent.export.dropped"  # ..._dropped_total{signal}
@@ -63,3 +64,78 @@ SG_SERVER: Final = "server"
 SG_CONNECTION_TYPE: Final = "connection_type"
 SG_CLIENT_NAMESPACE: Final = "client_service_namespace"
 SG_SERVER_NAMESPACE: Final = "server_service_namespace"
+
+# --- values of edge attributes -----------------------------------------------------
+OVERFLOW: Final = "overflow"  # every label of the edge that collects connections past max_series
+UNKNOWN: Final = "unknown"  # resets whose sender is not known
+SIGNAL: Final = "signal"  # metrics | traces (export self-metrics)
+KIND: Final = "kind"  # tracker anomaly kind
+SIGNAL_METRICS: Final = "metrics"
+SIGNAL_TRACES: Final = "traces"
+DROP_QUEUE_FULL: Final = "queue_full"  # export.dropped{reason}
+DROP_EXPORT_FAILED: Final = "export_failed"
+VIRTUAL_NODE: Final = "virtual_node"  # Tempo's connection_type for an edge with an uninstrumented end
+
+# --- units (UCUM, as OTel wants; the Prometheus exporters turn s -> _seconds, By -> _bytes and
+# drop {annotations}) ------------------------------------------------------------------
+UNIT_SECONDS: Final = "s"
+UNIT_BYTES: Final = "By"
+UNIT_CONNECTIONS: Final = "{connection}"
+UNIT_REQUESTS: Final = "{request}"
+UNIT_PACKETS: Final = "{packet}"
+UNIT_ERRORS: Final = "{error}"
+UNIT_INTERFACES: Final = "{interface}"
+UNIT_ENTRIES: Final = "{entry}"
+UNIT_EVENTS: Final = "{event}"
+UNIT_SERIES: Final = "{series}"
+UNIT_ITEMS: Final = "{item}"  # spans or metric exports
+
+# --- histogram buckets (upper bounds, seconds) --------------------------------------
+# Connections live from a millisecond (health checks) to hours (database pools).
+CONNECTION_DURATION_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0,
+)  # fmt: skip
+# A handshake on one node takes tens of microseconds; SYN retransmits add 1 s, 3 s.
+HANDSHAKE_DURATION_BUCKETS: Final = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+# Tempo's default: prometheus.ExponentialBuckets(0.1, 2, 8)
+# (grafana/tempo modules/generator/processor/servicegraphs/config.go).
+SG_BUCKETS: Final = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8)
+
+# --- spans ---------------------------------------------------------------------------
+TRACER_NAME: Final = "podwire"
+SPAN_NAME: Final = "tcp.connection"  # one low-cardinality name; the edge is in the resource/attributes
+# semantic-convention span attributes
+CLIENT_ADDRESS: Final = "client.address"
+SERVER_ADDRESS: Final = "server.address"
+NETWORK_TRANSPORT: Final = "network.transport"
+NETWORK_TYPE: Final = "network.type"
+PEER_SERVICE: Final = "peer.service"
+# podwire's own span attributes
+SPAN_OUTCOME: Final = "podwire.outcome"
+SPAN_CLOSE_INITIATOR: Final = "podwire.close_initiator"
+SPAN_BYTES_C2S: Final = "podwire.bytes.client_to_server"
+SPAN_BYTES_S2C: Final = "podwire.bytes.server_to_client"
+SPAN_HANDSHAKE_RTT: Final = "podwire.handshake.rtt"  # seconds
+SPAN_STARTED_BEFORE_CAPTURE: Final = "podwire.started_before_capture"
+SPAN_CLIENT_GUESSED: Final = "podwire.client_guessed"
+SPAN_PEER_WORKLOAD: Final = "podwire.peer.workload"
+SPAN_PEER_KIND: Final = "podwire.peer.kind"  # pod | service | node | external
+# resource attributes (semantic conventions)
+SERVICE_NAME: Final = "service.name"
+SERVICE_NAMESPACE: Final = "service.namespace"
+K8S_NAMESPACE_NAME: Final = "k8s.namespace.name"
+K8S_POD_NAME: Final = "k8s.pod.name"
+K8S_NODE_NAME: Final = "k8s.node.name"
+# owner kind -> resource attribute naming the workload
+K8S_WORKLOAD_ATTRIBUTE: Final = {
+    "Deployment": "k8s.deployment.name",
+    "StatefulSet": "k8s.statefulset.name",
+    "DaemonSet": "k8s.daemonset.name",
+    "ReplicaSet": "k8s.replicaset.name",
+    "Job": "k8s.job.name",
+    "CronJob": "k8s.cronjob.name",
+}

@@ -1,0 +1,634 @@
+"""Edge metrics, Tempo's service-graph series and the agent's self-metrics.
+
+Why edge metrics are aggregated here and not by SDK instruments: on this machine one
+synchronous `Counter.add` with the eight edge attributes costs ~25 us in opentelemetry-sdk 1.45
+(attribute cleaning in `Measurement`, then hashing per reader), and a connection needs ten
+measurements: ~250 us against a budget of 20 us.  So `MetricsSink` keeps one `_Edge` per
+distinct label set (plain ints and bucket arrays, a few us per connection) and hands the SDK
+ready cumulative points (`opentelemetry.sdk.metrics.export.Metric`) at collection time, through
+`merge_into` (used by the readers in export.py).  The SDK still does everything else: the OTLP
+encoding, the Prometheus translation (same names both ways), the resource, and the self-metrics,
+which are real observable instruments whose callbacks read the agent's counters.
+
+Exactly once (`counts_here`): cluster-wide each connection is counted by one agent, see there.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from bisect import bisect_left
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from opentelemetry.metrics import Meter, Observation
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    MetricsData,
+    NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
+    Sum,
+)
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from podwire.config import Settings
+from podwire.model import (
+    CloseInitiator,
+    ConnectionOpened,
+    Endpoint,
+    Identity,
+    IdentityKind,
+    NamedConnection,
+    Outcome,
+    Side,
+)
+from podwire.telemetry import names as n
+
+AttrValue = str | int
+Attrs = dict[str, AttrValue]
+
+
+# --- exactly once --------------------------------------------------------------------------
+
+
+def is_watched_pod(ident: Identity) -> bool:
+    """A pod whose traffic an agent sees on its veth (hostNetwork pods have no veth)."""
+    return ident.kind is IdentityKind.POD and not ident.host_network
+
+
+def counts_here(observed_side: Side | None, client: Identity) -> bool:
+    """Should this agent count this record in the metrics?  (The cluster-wide exactly-once rule.)
+
+    - seen at the client's veth (CLIENT): yes.  The client's node is the one that counts.
+    - seen at the server's veth (SERVER): only if the client is no agent-watched pod (external,
+      node, a hostNetwork pod, an unresolved address): then no client-side record exists anywhere.
+    - no side (pcap replay, one capture of the whole conversation): yes.
+    A same-node pod-to-pod connection is seen on two veths: the client veth counts, the server
+    veth does not.  A cross-node one: the client's node counts, the server's node does not.
+    Limit: a pod client on a node with no agent is counted nowhere.
+    """
+    if observed_side is None or observed_side is Side.CLIENT:
+        return True
+    return not is_watched_pod(client)
+
+
+# --- label sets ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LabelConfig:
+    pod_names: bool = False
+    client_port: bool = False
+    max_series: int = 20_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LabelConfig:
+        return cls(settings.label_pod_names, settings.label_client_port, settings.max_series)
+
+
+def _kind(ident: Identity) -> str:
+    return ident.workload_kind or ident.kind.value
+
+
+_OUTCOMES: tuple[Outcome, ...] = tuple(Outcome)
+_OUTCOME_INDEX = {o: i for i, o in enumerate(_OUTCOMES)}
+_SENDERS: tuple[str, ...] = (*(c.value for c in CloseInitiator), n.UNKNOWN)
+_SENDER_INDEX: dict[CloseInitiator | None, int] = {c: i for i, c in enumerate(CloseInitiator)}
+_SENDER_INDEX[None] = len(_SENDERS) - 1
+_FAILED = frozenset((Outcome.REFUSED, Outcome.TIMEOUT, Outcome.RESET))
+
+
+class _Hist:
+    """Explicit-bucket histogram, OTel semantics: bucket i counts (bounds[i-1], bounds[i]]."""
+
+    __slots__ = ("bounds", "count", "counts", "max", "min", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.count = 0
+        self.sum = 0.0
+        self.min = float("inf")
+        self.max = float("-inf")
+
+    def record(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.sum += value
+        if value < self.min:
+            self.min = value
+        if value > self.max:
+            self.max = value
+
+
+class _Edge:
+    """Cumulative state of one edge label set.  Attribute dicts are built once, here."""
+
+    __slots__ = (
+        "active",
+        "active_seen",
+        "attrs",
+        "bytes",
+        "dur",
+        "failures",
+        "hs",
+        "outcomes",
+        "resets",
+        "sg_attrs",
+        "sg_client",
+        "sg_failed",
+        "sg_server",
+        "sg_total",
+        "start_ns",
+    )
+
+    def __init__(self, attrs: Attrs, sg_attrs: Attrs, start_ns: int) -> None:
+        self.attrs = attrs
+        self.sg_attrs = sg_attrs
+        self.start_ns = start_ns
+        self.outcomes = [0] * len(_OUTCOMES)
+        self.bytes = [0, 0]
+        self.failures = [0, 0]  # refused, timeout
+        self.resets = [0] * len(_SENDERS)
+        self.active = 0
+        self.active_seen = False
+        self.dur = _Hist(n.CONNECTION_DURATION_BUCKETS)
+        self.hs = _Hist(n.HANDSHAKE_DURATION_BUCKETS)
+        self.sg_total = 0
+        self.sg_failed = 0
+        self.sg_server = _Hist(n.SG_BUCKETS)
+        self.sg_client = _Hist(n.SG_BUCKETS)
+
+
+def _overflow_edge(cfg: LabelConfig, start_ns: int) -> _Edge:
+    o = n.OVERFLOW
+    attrs: Attrs = {
+        n.CLIENT_WORKLOAD: o,
+        n.CLIENT_WORKLOAD_KIND: o,
+        n.CLIENT_NAMESPACE: o,
+        n.SERVER_WORKLOAD: o,
+        n.SERVER_WORKLOAD_KIND: o,
+        n.SERVER_NAMESPACE: o,
+        n.SERVER_PORT: 0,
+    }
+    if cfg.pod_names:
+        attrs[n.CLIENT_POD] = o
+        attrs[n.SERVER_POD] = o
+    if cfg.client_port:
+        attrs[n.CLIENT_PORT] = 0
+    sg: Attrs = {
+        n.SG_CLIENT: o,
+        n.SG_SERVER: o,
+        n.SG_CONNECTION_TYPE: "",
+        n.SG_CLIENT_NAMESPACE: o,
+        n.SG_SERVER_NAMESPACE: o,
+    }
+    return _Edge(attrs, sg, start_ns)
+
+
+# --- agent self-metrics -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSnapshot:
+    """Counters the agent reads from capture, tracker and identity; cumulative since start."""
+
+    packets: int = 0
+    kernel_drops: int = 0
+    decode_errors: int = 0
+    interfaces: int = 0
+    tracker_entries: int = 0
+    tracker_evictions: int = 0
+    tracker_anomalies: Mapping[str, int] = field(default_factory=dict)  # kind -> count
+    identity_misses: int = 0
+
+
+class ExportCounters:
+    """Export failures and drops, bumped by export.py's threads, read by observable counters."""
+
+    __slots__ = ("dropped", "failures")
+
+    def __init__(self) -> None:
+        # (signal, reason) -> items dropped; signal -> failed export calls
+        self.dropped: dict[tuple[str, str], int] = {}
+        self.failures: dict[str, int] = {}
+
+    def drop(self, signal: str, reason: str, count: int) -> None:
+        key = (signal, reason)
+        self.dropped[key] = self.dropped.get(key, 0) + count
+
+    def fail(self, signal: str) -> None:
+        self.failures[signal] = self.failures.get(signal, 0) + 1
+
+
+class SelfMetrics:
+    """Observable instruments over the agent's counters; `add_source` registers a snapshot callback.
+
+    Several sources are summed field by field (capture, tracker and identity may each fill a part).
+    Callbacks run on the reader's thread at collection, never on the capture thread.
+    """
+
+    def __init__(self, meter: Meter, export: ExportCounters, sink: MetricsSink | None = None) -> None:
+        self._sources: list[Callable[[], AgentSnapshot]] = []
+        self._export = export
+        self._sink = sink
+
+        def counter(name: str, unit: str, desc: str, read: Callable[[], Iterable[Observation]]) -> None:
+            meter.create_observable_counter(name, callbacks=[lambda _o: read()], unit=unit, description=desc)
+
+        def gauge(name: str, unit: str, desc: str, read: Callable[[], Iterable[Observation]]) -> None:
+            meter.create_observable_up_down_counter(
+                name, callbacks=[lambda _o: read()], unit=unit, description=desc
+            )
+
+        def one(pick: Callable[[AgentSnapshot], int]) -> Callable[[], Iterable[Observation]]:
+            return lambda: [Observation(sum(pick(s()) for s in self._sources))] if self._sources else []
+
+        counter(n.AGENT_PACKETS, n.UNIT_PACKETS, "Control segments read", one(lambda s: s.packets))
+        counter(
+            n.AGENT_KERNEL_DROPS, n.UNIT_PACKETS, "Packets the kernel dropped", one(lambda s: s.kernel_drops)
+        )
+        counter(
+            n.AGENT_DECODE_ERRORS, n.UNIT_ERRORS, "Frames that did not decode", one(lambda s: s.decode_errors)
+        )
+        gauge(n.AGENT_INTERFACES, n.UNIT_INTERFACES, "Interfaces captured", one(lambda s: s.interfaces))
+        gauge(
+            n.AGENT_TRACKER_ENTRIES,
+            n.UNIT_ENTRIES,
+            "Connections in the tracker table",
+            one(lambda s: s.tracker_entries),
+        )
+        counter(
+            n.AGENT_TRACKER_EVICTIONS,
+            n.UNIT_ENTRIES,
+            "Tracker entries evicted (table full)",
+            one(lambda s: s.tracker_evictions),
+        )
+        counter(n.AGENT_TRACKER_ANOMALIES, n.UNIT_EVENTS, "Segments the tracker found odd", self._anomalies)
+        counter(
+            n.AGENT_IDENTITY_MISSES,
+            n.UNIT_EVENTS,
+            "Addresses no identity source knew",
+            one(lambda s: s.identity_misses),
+        )
+        counter(n.AGENT_EXPORT_FAILURES, n.UNIT_EVENTS, "Failed export calls", self._failures)
+        counter(n.AGENT_EXPORT_DROPPED, n.UNIT_ITEMS, "Spans not delivered", self._dropped)
+        if sink is not None:
+            counter(
+                n.AGENT_SERIES_DROPPED,
+                n.UNIT_CONNECTIONS,
+                "Connections folded into the overflow edge (max_series reached)",
+                lambda: [Observation(sink.series_dropped)],
+            )
+            gauge(
+                n.AGENT_SERIES,
+                n.UNIT_SERIES,
+                "Distinct edge label sets held",
+                lambda: [Observation(sink.series)],
+            )
+
+    def add_source(self, source: Callable[[], AgentSnapshot]) -> None:
+        self._sources.append(source)
+
+    def _anomalies(self) -> list[Observation]:
+        total: dict[str, int] = {}
+        for source in self._sources:
+            for kind, count in source().tracker_anomalies.items():
+                total[kind] = total.get(kind, 0) + count
+        return [Observation(v, {n.KIND: k}) for k, v in sorted(total.items())]
+
+    def _failures(self) -> list[Observation]:
+        return [Observation(v, {n.SIGNAL: k}) for k, v in sorted(self._export.failures.items())]
+
+    def _dropped(self) -> list[Observation]:
+        return [
+            Observation(v, {n.SIGNAL: s, n.REASON: r}) for (s, r), v in sorted(self._export.dropped.items())
+        ]
+
+
+# --- the sink -------------------------------------------------------------------------------
+
+
+_OpenKey = tuple[int, Endpoint, Endpoint, int, int]
+
+
+class MetricsSink:
+    """`podwire.model.Sink` aggregating edge metrics and the service-graph series.
+
+    Thread model: `on_opened`/`on_connection` run on the capture thread; `produce` runs on a
+    reader thread (periodic export or a /metrics scrape).  One lock guards both; it is never held
+    across I/O.
+    """
+
+    def __init__(self, labels: LabelConfig, clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self._cfg = labels
+        self._clock_ns = clock_ns
+        self._start_ns = clock_ns()
+        self._edges: dict[tuple[object, ...], _Edge] = {}
+        self._overflow: _Edge | None = None
+        self._open: OrderedDict[_OpenKey, _Edge] = OrderedDict()
+        self._max_open = 262_144
+        self._lock = threading.Lock()
+        self.series_dropped = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MetricsSink:
+        sink = cls(LabelConfig.from_settings(settings))
+        sink._max_open = settings.max_connections
+        return sink
+
+    @property
+    def series(self) -> int:
+        return len(self._edges) + (self._overflow is not None)
+
+    # -- hot path --
+
+    def _edge(self, client: Identity, server: Identity, server_port: int, client_port: int) -> _Edge:
+        cfg = self._cfg
+        key: tuple[object, ...] = (
+            client.workload_name,
+            _kind(client),
+            client.namespace or "",
+            server.workload_name,
+            _kind(server),
+            server.namespace or "",
+            server_port,
+        )
+        if cfg.pod_names:
+            key += (
+                client.name if client.kind is IdentityKind.POD else "",
+                server.name if server.kind is IdentityKind.POD else "",
+            )
+        if cfg.client_port:
+            key += (client_port,)
+        edge = self._edges.get(key)
+        if edge is not None:
+            return edge
+        if len(self._edges) >= cfg.max_series:
+            self.series_dropped += 1
+            if self._overflow is None:
+                self._overflow = _overflow_edge(cfg, self._clock_ns())
+            return self._overflow
+        edge = self._new_edge(key, client, server)
+        self._edges[key] = edge
+        return edge
+
+    def _new_edge(self, key: tuple[object, ...], client: Identity, server: Identity) -> _Edge:
+        attrs: Attrs = {
+            n.CLIENT_WORKLOAD: key[0],  # type: ignore[dict-item]
+            n.CLIENT_WORKLOAD_KIND: key[1],  # type: ignore[dict-item]
+            n.CLIENT_NAMESPACE: key[2],  # type: ignore[dict-item]
+            n.SERVER_WORKLOAD: key[3],  # type: ignore[dict-item]
+            n.SERVER_WORKLOAD_KIND: key[4],  # type: ignore[dict-item]
+            n.SERVER_NAMESPACE: key[5],  # type: ignore[dict-item]
+            n.SERVER_PORT: key[6],  # type: ignore[dict-item]
+        }
+        extra = 7
+        if self._cfg.pod_names:
+            attrs[n.CLIENT_POD] = key[7]  # type: ignore[assignment]
+            attrs[n.SERVER_POD] = key[8]  # type: ignore[assignment]
+            extra = 9
+        if self._cfg.client_port:
+            attrs[n.CLIENT_PORT] = key[extra]  # type: ignore[assignment]
+        # Tempo: an edge with an end that sends no span of its own is a virtual node
+        virtual = not (is_watched_pod(client) and is_watched_pod(server))
+        sg: Attrs = {
+            n.SG_CLIENT: client.workload_name,
+            n.SG_SERVER: server.workload_name,
+            n.SG_CONNECTION_TYPE: n.VIRTUAL_NODE if virtual else "",
+            n.SG_CLIENT_NAMESPACE: client.namespace or "",
+            n.SG_SERVER_NAMESPACE: server.namespace or "",
+        }
+        return _Edge(attrs, sg, self._clock_ns())
+
+    def on_opened(self, event: ConnectionOpened, client: Identity, server: Identity) -> None:
+        if not counts_here(event.observed_side, client):
+            return
+        with self._lock:
+            edge = self._edge(client, server, event.server.port, event.client.port)
+            key = (event.point, event.client, event.server, event.client_isn, event.server_isn)
+            if key in self._open:
+                return  # a duplicate opened event: count the connection once
+            edge.active += 1
+            edge.active_seen = True
+            if event.handshake_rtt_s is not None:
+                edge.hs.record(event.handshake_rtt_s)
+            self._open[key] = edge
+            if len(self._open) > self._max_open:
+                _, oldest = self._open.popitem(last=False)
+                oldest.active -= 1  # the tracker evicted it too (same bound)
+
+    def on_connection(self, conn: NamedConnection) -> None:
+        rec = conn.record
+        if not counts_here(rec.observed_side, conn.client):
+            return
+        outcome = rec.outcome
+        key: _OpenKey | None = None
+        if rec.client_isn is not None and rec.server_isn is not None:
+            key = (rec.point, rec.client, rec.server, rec.client_isn, rec.server_isn)
+        with self._lock:
+            opened: _Edge | None = None
+            if key is not None:
+                if outcome is Outcome.OPEN:
+                    opened = self._open.get(key)  # still open at capture end: stays active
+                else:
+                    opened = self._open.pop(key, None)
+                    if opened is not None:
+                        opened.active -= 1
+            edge = self._edge(conn.client, conn.server, rec.server.port, rec.client.port)
+            edge.outcomes[_OUTCOME_INDEX[outcome]] += 1
+            if rec.bytes_client_to_server is not None:
+                edge.bytes[0] += rec.bytes_client_to_server
+            if rec.bytes_server_to_client is not None:
+                edge.bytes[1] += rec.bytes_server_to_client
+            if opened is None and rec.handshake_rtt_s is not None:
+                edge.hs.record(rec.handshake_rtt_s)
+            if outcome is Outcome.REFUSED:
+                edge.failures[0] += 1
+            elif outcome is Outcome.TIMEOUT:
+                edge.failures[1] += 1
+            elif outcome is Outcome.RESET:
+                edge.resets[_SENDER_INDEX[rec.close_initiator]] += 1
+            duration = rec.duration_s
+            if duration is not None and outcome in (Outcome.CLOSED, Outcome.RESET):
+                edge.dur.record(duration)
+            if outcome is not Outcome.OPEN:
+                # One connection = one request.  Both seconds histograms get the wire duration
+                # measured here (Tempo would record 0 for the missing side of a virtual node).
+                seconds = duration if duration is not None else 0.0
+                edge.sg_total += 1
+                if outcome in _FAILED:
+                    edge.sg_failed += 1
+                edge.sg_server.record(seconds)
+                edge.sg_client.record(seconds)
+
+    # -- collection --
+
+    def produce(self) -> list[Metric]:
+        """Cumulative points for every edge series, as SDK export types (collection thread)."""
+        now = self._clock_ns()
+        c2s = {n.DIRECTION: n.CLIENT_TO_SERVER}
+        s2c = {n.DIRECTION: n.SERVER_TO_CLIENT}
+        conns: list[NumberDataPoint] = []
+        bytes_: list[NumberDataPoint] = []
+        fails: list[NumberDataPoint] = []
+        resets: list[NumberDataPoint] = []
+        active: list[NumberDataPoint] = []
+        dur: list[HistogramDataPoint] = []
+        hs: list[HistogramDataPoint] = []
+        sg_total: list[NumberDataPoint] = []
+        sg_failed: list[NumberDataPoint] = []
+        sg_server: list[HistogramDataPoint] = []
+        sg_client: list[HistogramDataPoint] = []
+        with self._lock:
+            edges = list(self._edges.values())
+            if self._overflow is not None:
+                edges.append(self._overflow)
+            for e in edges:
+                a, t0 = e.attrs, e.start_ns
+                for i, count in enumerate(e.outcomes):
+                    if count:
+                        conns.append(NumberDataPoint({**a, n.OUTCOME: _OUTCOMES[i].value}, t0, now, count))
+                if e.bytes[0]:
+                    bytes_.append(NumberDataPoint({**a, **c2s}, t0, now, e.bytes[0]))
+                if e.bytes[1]:
+                    bytes_.append(NumberDataPoint({**a, **s2c}, t0, now, e.bytes[1]))
+                if e.failures[0]:
+                    fails.append(
+                        NumberDataPoint({**a, n.REASON: Outcome.REFUSED.value}, t0, now, e.failures[0])
+                    )
+                if e.failures[1]:
+                    fails.append(
+                        NumberDataPoint({**a, n.REASON: Outcome.TIMEOUT.value}, t0, now, e.failures[1])
+                    )
+                for i, count in enumerate(e.resets):
+                    if count:
+                        resets.append(NumberDataPoint({**a, n.SENDER: _SENDERS[i]}, t0, now, count))
+                if e.active_seen:
+                    active.append(NumberDataPoint(a, t0, now, e.active))
+                if e.dur.count:
+                    dur.append(_hist_point(e.dur, a, t0, now))
+                if e.hs.count:
+                    hs.append(_hist_point(e.hs, a, t0, now))
+                if e.sg_total:
+                    sg_total.append(NumberDataPoint(e.sg_attrs, t0, now, e.sg_total))
+                    sg_server.append(_hist_point(e.sg_server, e.sg_attrs, t0, now))
+                    sg_client.append(_hist_point(e.sg_client, e.sg_attrs, t0, now))
+                if e.sg_failed:
+                    sg_failed.append(NumberDataPoint(e.sg_attrs, t0, now, e.sg_failed))
+        # Tempo's series share label sets per edge, so several podwire edges (ports, kinds) can fold
+        # into one service-graph edge: merge them.
+        sg_total, sg_failed = _merge_sums(sg_total), _merge_sums(sg_failed)
+        sg_server, sg_client = _merge_hists(sg_server), _merge_hists(sg_client)
+        out: list[Metric] = []
+
+        def add_sum(
+            name: str, unit: str, desc: str, pts: list[NumberDataPoint], monotonic: bool = True
+        ) -> None:
+            if pts:
+                out.append(Metric(name, desc, unit, Sum(pts, _CUMULATIVE, monotonic)))
+
+        def add_hist(name: str, unit: str, desc: str, pts: list[HistogramDataPoint]) -> None:
+            if pts:
+                out.append(Metric(name, desc, unit, Histogram(pts, _CUMULATIVE)))
+
+        add_sum(n.TCP_CONNECTIONS, n.UNIT_CONNECTIONS, "TCP connections by outcome", conns)
+        add_sum(n.TCP_BYTES, n.UNIT_BYTES, "Payload bytes by direction (when known)", bytes_)
+        add_hist(n.TCP_CONNECTION_DURATION, n.UNIT_SECONDS, "SYN to close", dur)
+        add_hist(n.TCP_HANDSHAKE_DURATION, n.UNIT_SECONDS, "SYN to the handshake's last ACK", hs)
+        add_sum(n.TCP_FAILURES, n.UNIT_CONNECTIONS, "Connections refused or timed out", fails)
+        add_sum(n.TCP_RESETS, n.UNIT_CONNECTIONS, "Connections ended by a RST, by sender", resets)
+        add_sum(n.TCP_CONNECTIONS_ACTIVE, n.UNIT_CONNECTIONS, "Open connections", active, monotonic=False)
+        add_sum(n.SG_REQUEST, n.UNIT_REQUESTS, "Service graph: requests (connections)", sg_total)
+        add_sum(n.SG_REQUEST_FAILED, n.UNIT_REQUESTS, "Service graph: failed requests", sg_failed)
+        add_hist(
+            n.SG_REQUEST_SERVER_SECONDS, n.UNIT_SECONDS, "Service graph: server-side duration", sg_server
+        )
+        add_hist(
+            n.SG_REQUEST_CLIENT_SECONDS, n.UNIT_SECONDS, "Service graph: client-side duration", sg_client
+        )
+        return out
+
+
+_CUMULATIVE = AggregationTemporality.CUMULATIVE
+
+
+def _hist_point(h: _Hist, attrs: Attrs, t0: int, now: int) -> HistogramDataPoint:
+    return HistogramDataPoint(attrs, t0, now, h.count, h.sum, list(h.counts), h.bounds, h.min, h.max)
+
+
+def _attr_key(attrs: Mapping[str, object]) -> tuple[tuple[str, object], ...]:
+    return tuple(sorted(attrs.items()))
+
+
+def _merge_sums(points: list[NumberDataPoint]) -> list[NumberDataPoint]:
+    by: dict[tuple[tuple[str, object], ...], NumberDataPoint] = {}
+    for p in points:
+        k = _attr_key(p.attributes or {})
+        q = by.get(k)
+        if q is None:
+            by[k] = p
+        else:
+            by[k] = NumberDataPoint(
+                p.attributes,
+                min(p.start_time_unix_nano, q.start_time_unix_nano),
+                p.time_unix_nano,
+                p.value + q.value,
+            )
+    return list(by.values())
+
+
+def _merge_hists(points: list[HistogramDataPoint]) -> list[HistogramDataPoint]:
+    by: dict[tuple[tuple[str, object], ...], HistogramDataPoint] = {}
+    for p in points:
+        k = _attr_key(p.attributes or {})
+        q = by.get(k)
+        if q is None:
+            by[k] = p
+        else:
+            by[k] = HistogramDataPoint(
+                p.attributes,
+                min(p.start_time_unix_nano, q.start_time_unix_nano),
+                p.time_unix_nano,
+                p.count + q.count,
+                p.sum + q.sum,
+                [x + y for x, y in zip(p.bucket_counts, q.bucket_counts, strict=True)],
+                p.explicit_bounds,
+                min(p.min, q.min),
+                max(p.max, q.max),
+            )
+    return list(by.values())
+
+
+# --- handing the points to the SDK readers ------------------------------------------------------
+
+
+class MetricsProducer:
+    """What the readers in export.py call at each collection; several sinks can be merged."""
+
+    def __init__(self, scope: InstrumentationScope, sinks: Sequence[MetricsSink]) -> None:
+        self._scope = scope
+        self._sinks = tuple(sinks)
+
+    def merge_into(self, data: MetricsData) -> MetricsData:
+        extra: list[Metric] = []
+        for sink in self._sinks:
+            extra.extend(sink.produce())
+        if not extra:
+            return data
+        resource_metrics = list(data.resource_metrics)
+        first = resource_metrics[0]
+        scopes = list(first.scope_metrics)
+        for i, sm in enumerate(scopes):
+            if sm.scope.name == self._scope.name:
+                scopes[i] = ScopeMetrics(sm.scope, [*sm.metrics, *extra], sm.schema_url)
+                break
+        else:
+            scopes.append(ScopeMetrics(self._scope, extra, self._scope.schema_url or ""))
+        resource_metrics[0] = ResourceMetrics(first.resource, scopes, first.schema_url)
+        return MetricsData(resource_metrics)

@@ -1,0 +1,234 @@
+"""One span per connection end, with trace and span ids derived from the two ISNs.
+
+Ids.  Both ends of a connection see the same client ISN (SYN) and server ISN (SYN-ACK): 64
+random bits that kube-proxy's DNAT and SNAT never rewrite (they change addresses and ports, which
+are therefore kept out of the hash).  So, with no coordination between agents:
+    trace_id       = blake2b(client_isn, server_isn; 16 bytes)
+    client span id = blake2b(client_isn, server_isn, "client"; 8 bytes)
+    server span id = blake2b(client_isn, server_isn, "server"; 8 bytes), parent = client span id
+and the CLIENT span from the client's node and the SERVER span from the server's node (or from the
+backend behind a ClusterIP) land in one trace.
+
+Sampling is decided on the trace id alone (its low 64 bits below ratio * 2**64, like the SDK's
+TraceIdRatioBased), so both agents keep or drop the same connections.
+
+Decisions:
+- Failed connections (refused, timeout) have no server ISN: their ids hash the client ISN alone
+  (domain-separated), so a refused connection seen at both ends still pairs.  32 bits only:
+  collisions become likely past ~65k failed connections in one trace-retention window.
+- Records without a client ISN (connection open before the agent started) get no span: there is
+  no SYN time and nothing both ends could derive an id from.  Metrics still count them.
+- OPEN records (still open at capture end / shutdown) get no span: a span covers SYN to close.
+- Which end: observed_side CLIENT -> CLIENT span, SERVER -> SERVER span.  With no side (pcap,
+  one capture of the whole conversation) the CLIENT span is emitted when the client is a watched
+  pod or the server is not, and the SERVER span when the server is a watched pod.
+- `peer.service` names the peer when it sends no span of its own (not an agent-watched pod), so
+  Tempo draws a virtual node for it.
+
+Cost: one TracerProvider per resource would be expensive, so ReadableSpan objects are built here
+with a cached Resource per workload (bounded LRU) and handed straight to a span processor.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from collections.abc import Callable
+from hashlib import blake2b
+from typing import Protocol
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace.status import Status, StatusCode
+
+from podwire.model import ConnectionOpened, ConnectionRecord, Identity, NamedConnection, Outcome, Side
+from podwire.telemetry import names as n
+from podwire.telemetry.metrics import is_watched_pod
+
+_ISNS = struct.Struct("!II")
+_ISN = struct.Struct("!I")
+_PERSON = b"podwire.tcp.v1"  # blake2b personalisation: podwire's ids never collide with others'
+_FAILED_TAG = b"no-server-isn"
+_MASK64 = (1 << 64) - 1
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_ERRORS = {
+    Outcome.REFUSED: Status(StatusCode.ERROR, "connection refused"),
+    Outcome.TIMEOUT: Status(StatusCode.ERROR, "connection timed out"),
+    Outcome.RESET: Status(StatusCode.ERROR, "connection reset"),
+}
+_UNSET = Status(StatusCode.UNSET)
+
+
+class SpanIds:
+    __slots__ = ("client_span_id", "server_span_id", "trace_id")
+
+    def __init__(self, trace_id: int, client_span_id: int, server_span_id: int) -> None:
+        self.trace_id = trace_id
+        self.client_span_id = client_span_id
+        self.server_span_id = server_span_id
+
+    def __repr__(self) -> str:
+        return f"SpanIds({self.trace_id:032x}, {self.client_span_id:016x}, {self.server_span_id:016x})"
+
+
+def _h(data: bytes, size: int) -> int:
+    value = int.from_bytes(blake2b(data, digest_size=size, person=_PERSON).digest(), "big")
+    return value or 1  # all-zero ids are invalid in OTel
+
+
+def span_ids(client_isn: int, server_isn: int | None) -> SpanIds:
+    """The ids both ends derive independently (see the module doc)."""
+    base = (
+        _ISNS.pack(client_isn, server_isn) if server_isn is not None else _ISN.pack(client_isn) + _FAILED_TAG
+    )
+    return SpanIds(_h(base, 16), _h(base + b"client", 8), _h(base + b"server", 8))
+
+
+def sampled(trace_id: int, ratio: float) -> bool:
+    """Deterministic on the trace id, so every agent decides the same for one connection."""
+    if ratio >= 1.0:
+        return True
+    if ratio <= 0.0:
+        return False
+    return (trace_id & _MASK64) < int(ratio * (1 << 64))
+
+
+class SpanConsumer(Protocol):
+    """A span processor (BatchSpanProcessor, export.py's bounded one, or a test's)."""
+
+    def on_end(self, span: ReadableSpan) -> None: ...
+
+
+class ResourceCache:
+    """Resource per local workload (and pod): built once, bounded LRU."""
+
+    def __init__(self, base: Resource, node_name: str | None, size: int = 4096) -> None:
+        self._base = base
+        self._node = node_name
+        self._size = size
+        self._cache: OrderedDict[Identity, Resource] = OrderedDict()
+
+    def get(self, ident: Identity) -> Resource:
+        res = self._cache.get(ident)
+        if res is not None:
+            self._cache.move_to_end(ident)
+            return res
+        res = self._base.merge(Resource(resource_attributes(ident, self._node)))
+        self._cache[ident] = res
+        if len(self._cache) > self._size:
+            self._cache.popitem(last=False)
+        return res
+
+
+def resource_attributes(ident: Identity, node_name: str | None) -> dict[str, str]:
+    attrs = {n.SERVICE_NAME: ident.workload_name}
+    if ident.namespace:
+        attrs[n.SERVICE_NAMESPACE] = ident.namespace
+        attrs[n.K8S_NAMESPACE_NAME] = ident.namespace
+    if is_watched_pod(ident) or ident.host_network:
+        attrs[n.K8S_POD_NAME] = ident.name
+    owner = n.K8S_WORKLOAD_ATTRIBUTE.get(ident.workload_kind or "")
+    if owner is not None and ident.workload:
+        attrs[owner] = ident.workload
+    node = ident.node or node_name
+    if node:
+        attrs[n.K8S_NODE_NAME] = node
+    return attrs
+
+
+class SpanSink:
+    """`podwire.model.Sink` turning connection records into CLIENT/SERVER spans."""
+
+    def __init__(
+        self,
+        consumer: SpanConsumer,
+        base_resource: Resource,
+        sample_ratio: float = 1.0,
+        node_name: str | None = None,
+        scope: InstrumentationScope | None = None,
+        on_sampled_out: Callable[[], None] | None = None,
+    ) -> None:
+        self._consumer = consumer
+        self._resources = ResourceCache(base_resource, node_name)
+        self._ratio = sample_ratio
+        self._scope = scope or InstrumentationScope(n.TRACER_NAME)
+        self._on_sampled_out = on_sampled_out
+        self.emitted = 0
+        self.skipped = 0  # no client ISN or still open
+
+    def on_opened(self, event: ConnectionOpened, client: Identity, server: Identity) -> None:
+        return  # spans are emitted once, at the close
+
+    def on_connection(self, conn: NamedConnection) -> None:
+        rec = conn.record
+        if rec.client_isn is None or rec.outcome is Outcome.OPEN or rec.start_time is None:
+            self.skipped += 1
+            return
+        ids = span_ids(rec.client_isn, rec.server_isn)
+        if not sampled(ids.trace_id, self._ratio):
+            if self._on_sampled_out is not None:
+                self._on_sampled_out()
+            return
+        side = rec.observed_side
+        client_pod, server_pod = is_watched_pod(conn.client), is_watched_pod(conn.server)
+        if side is Side.CLIENT or (side is None and (client_pod or not server_pod)):
+            self._emit(rec, ids, SpanKind.CLIENT, conn.client, conn.server, server_pod)
+        if side is Side.SERVER or (side is None and server_pod):
+            self._emit(rec, ids, SpanKind.SERVER, conn.server, conn.client, client_pod)
+
+    def _emit(
+        self,
+        rec: ConnectionRecord,
+        ids: SpanIds,
+        kind: SpanKind,
+        local: Identity,
+        peer: Identity,
+        peer_has_span: bool,
+    ) -> None:
+        assert rec.start_time is not None  # checked by the caller
+        end = rec.end_time if rec.end_time is not None else rec.start_time + (rec.duration_s or 0.0)
+        attrs: dict[str, str | int | float | bool] = {
+            n.CLIENT_ADDRESS: rec.client.address,
+            n.CLIENT_PORT: rec.client.port,
+            n.SERVER_ADDRESS: rec.server.address,
+            n.SERVER_PORT: rec.server.port,
+            n.NETWORK_TRANSPORT: "tcp",
+            n.NETWORK_TYPE: rec.network_type,
+            n.SPAN_OUTCOME: rec.outcome.value,
+            n.SPAN_PEER_WORKLOAD: peer.workload_name,
+            n.SPAN_PEER_KIND: peer.kind.value,
+        }
+        if not peer_has_span:
+            attrs[n.PEER_SERVICE] = peer.workload_name
+        if rec.close_initiator is not None:
+            attrs[n.SPAN_CLOSE_INITIATOR] = rec.close_initiator.value
+        if rec.bytes_client_to_server is not None:
+            attrs[n.SPAN_BYTES_C2S] = rec.bytes_client_to_server
+        if rec.bytes_server_to_client is not None:
+            attrs[n.SPAN_BYTES_S2C] = rec.bytes_server_to_client
+        if rec.handshake_rtt_s is not None:
+            attrs[n.SPAN_HANDSHAKE_RTT] = rec.handshake_rtt_s
+        if rec.client_guessed:
+            attrs[n.SPAN_CLIENT_GUESSED] = True
+        if kind is SpanKind.CLIENT:
+            context = SpanContext(ids.trace_id, ids.client_span_id, False, _SAMPLED)
+            parent = None
+        else:
+            context = SpanContext(ids.trace_id, ids.server_span_id, False, _SAMPLED)
+            parent = SpanContext(ids.trace_id, ids.client_span_id, True, _SAMPLED)
+        span = ReadableSpan(
+            name=n.SPAN_NAME,
+            context=context,
+            parent=parent,
+            resource=self._resources.get(local),
+            attributes=attrs,
+            kind=kind,
+            status=_ERRORS.get(rec.outcome, _UNSET),
+            start_time=round(rec.start_time * 1e6) * 1000,
+            end_time=round(end * 1e6) * 1000,
+            instrumentation_scope=self._scope,
+        )
+        self._consumer.on_end(span)
+        self.emitted += 1
