@@ -772,24 +772,28 @@ class Cluster:
         """Load an nftables script inside the target's netns."""
         nft_in_netns(self.netns_of(target), script)
 
-    def add_loss(
-        self, target: Pod | Node | str, percent: int, hooks: Sequence[str] = ("input", "output", "forward")
-    ) -> None:
+    def add_loss(self, target: Pod | Node | str, percent: int, hooks: Sequence[str] | None = None) -> None:
         """Drop `percent`% of TCP packets at these netfilter hooks of the target's netns (no netem here).
 
-        In a pod netns, "output" drops before the packet reaches the veth (capture never sees it) and
-        "input" after (capture sees it, the pod does not). Replaces any earlier loss rule there.
+        Default hooks: ("input",) for a pod: packets arriving at the pod are lost after its veth, so the
+        capture sees them and the sender really retransmits. ("forward",) for a node: bridged and routed
+        pod traffic through that node is lost in both directions. An "output" drop in a pod is reported
+        to the local TCP stack (EPERM) rather than lost on the wire. Replaces any earlier loss rule there.
         """
         if not 0 < percent <= 100:
             raise ValueError("percent must be 1..100")
-        bad = set(hooks) - {"input", "output", "forward", "prerouting", "postrouting"}
-        if bad or not hooks:
-            raise ValueError(f"bad hooks {sorted(bad) or hooks}")
+        is_pod = isinstance(target, Pod) or (isinstance(target, str) and target in self._pods)
+        chosen = tuple(hooks) if hooks is not None else (("input",) if is_pod else ("forward",))
+        bad = set(chosen) - {"input", "output", "forward", "prerouting", "postrouting"}
+        if bad or not chosen:
+            raise ValueError(f"bad hooks {sorted(bad) or chosen}")
         self.remove_loss(target)
+        # numgen values are 0..99, so "< 100" is out of range: 100% is a plain drop
+        rule = "drop" if percent == 100 else f"numgen random mod 100 < {percent} drop"
         chains = "".join(
             f"  chain {hook} {{\n    type filter hook {hook} priority filter; policy accept;\n"
-            f"    meta l4proto tcp numgen random mod 100 < {percent} drop\n  }}\n"
-            for hook in hooks
+            f"    meta l4proto tcp {rule}\n  }}\n"
+            for hook in chosen
         )
         self.nft(target, f"table inet pwloss {{\n{chains}}}\n")
 
