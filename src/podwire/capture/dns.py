@@ -107,7 +107,36 @@ def _parse(buf: Buffer, start: int, end: int, ts: float, out: list[DnsAnswer], s
         raise _Bad
     cnames: dict[str, str] = {}
     addresses: list[tuple[str, str, int]] = []
-    for _ in range(min(ancount, _MAX_ANSWERS)):
+    try:
+        _read_records(buf, pos, end, start, min(ancount, _MAX_ANSWERS), cnames, addresses)
+    except (_Bad, IndexError, struct.error, ValueError):
+        # Records read before the break are whole and still true (e.g. a message cut short).
+        stats.malformed += 1
+    # Names the queried name resolves through: qname -> cname -> cname ... (bounded, loop-safe).
+    reachable = {qname}
+    name = qname
+    for _ in range(_MAX_CHAIN):
+        nxt = cnames.get(name)
+        if nxt is None or nxt in reachable:
+            break
+        reachable.add(nxt)
+        name = nxt
+    for owner, address, ttl in addresses:
+        if owner in reachable:
+            out.append(DnsAnswer(ts, qname, address, ttl))
+            stats.answers += 1
+
+
+def _read_records(
+    buf: Buffer,
+    pos: int,
+    end: int,
+    start: int,
+    count: int,
+    cnames: dict[str, str],
+    addresses: list[tuple[str, str, int]],
+) -> None:
+    for _ in range(count):
         owner, pos = _read_name(buf, pos, end, start)
         if pos + 10 > end:
             raise _Bad
@@ -124,16 +153,3 @@ def _parse(buf: Buffer, start: int, end: int, ts: float, out: list[DnsAnswer], s
                 target, _after = _read_name(buf, pos, pos + rdlen, start)
                 cnames[owner] = target
         pos += rdlen
-    # Names the queried name resolves through: qname -> cname -> cname ... (bounded, loop-safe).
-    reachable = {qname}
-    name = qname
-    for _ in range(_MAX_CHAIN):
-        nxt = cnames.get(name)
-        if nxt is None or nxt in reachable:
-            break
-        reachable.add(nxt)
-        name = nxt
-    for owner, address, ttl in addresses:
-        if owner in reachable:
-            out.append(DnsAnswer(ts, qname, address, ttl))
-            stats.answers += 1
