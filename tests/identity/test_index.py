@@ -19,7 +19,9 @@ class Clock:
 
 
 def pod(name: str, ns: str = "shop", workload: str = "frontend", kind: str = "Deployment"):
-    return make_identity(IdentityKind.POD, name, namespace=ns, workload=workload, workload_kind=kind, node="n1")
+    return make_identity(
+        IdentityKind.POD, name, namespace=ns, workload=workload, workload_kind=kind, node="n1"
+    )
 
 
 SVC = make_identity(IdentityKind.SERVICE, "payments", namespace="shop")
@@ -194,7 +196,9 @@ def test_readers_never_see_a_torn_or_missing_identity_during_writes():
 
 
 def test_interning_shares_repeated_strings():
-    x = make_identity(IdentityKind.POD, "p-1", namespace="".join(["sh", "op"]), workload="".join(["fr", "ont"]))
-    y = make_identity(IdentityKind.POD, "p-2", namespace="".join(["sh", "op"]), workload="".join(["fr", "ont"]))
+    ns, wl = "".join(["sh", "op"]), "".join(["fr", "ont"])
+    x = make_identity(IdentityKind.POD, "p-1", namespace=ns, workload=wl)
+    ns, wl = "".join(["sh", "op"]), "".join(["fr", "ont"])  # equal strings, other objects
+    y = make_identity(IdentityKind.POD, "p-2", namespace=ns, workload=wl)
     assert x.namespace is y.namespace
     assert x.workload is y.workload

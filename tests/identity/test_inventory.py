@@ -42,7 +42,12 @@ def test_documented_shape_names_every_kind(tmp_path):
     r = service.resolve
     fe = r("10.1.0.5", None)
     assert (fe.kind, fe.namespace, fe.name, fe.workload, fe.workload_kind, fe.node) == (
-        IdentityKind.POD, "shop", "frontend-7d9f-x2k", "frontend", "Deployment", "node-a",
+        IdentityKind.POD,
+        "shop",
+        "frontend-7d9f-x2k",
+        "frontend",
+        "Deployment",
+        "node-a",
     )
     assert (r("10.1.0.6", None).workload, r("10.1.0.6", None).workload_kind) == ("payments", "StatefulSet")
     bare = r("10.1.0.7", None)
@@ -75,7 +80,10 @@ def test_settings_cidrs_override_the_file_and_learned_dns_names_only_fill_gaps(t
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("pods: [{ip: 10.1.0.300, namespace: a, name: web-1}]", "pods[0] (web-1): ip '10.1.0.300' is not an IP address"),
+        (
+            "pods: [{ip: 10.1.0.300, namespace: a, name: web-1}]",
+            "pods[0] (web-1): ip '10.1.0.300' is not an IP address",
+        ),
         ("pods: [{namespace: a, name: web-1}]", "pods[0] (web-1): missing 'ip'"),
         ("pods: [{ip: 10.1.0.1, name: web-1}]", "pods[0] (web-1): missing 'namespace'"),
         ("pods: [{ip: 10.1.0.1, namespace: a}]", "pods[0]: missing 'name'"),
@@ -83,15 +91,24 @@ def test_settings_cidrs_override_the_file_and_learned_dns_names_only_fill_gaps(t
             "pods: [{ip: 10.1.0.1, namespace: a, name: w, workload_kind: Deploymnet}]",
             "pods[0] (w): workload_kind 'Deploymnet' is not one of Deployment",
         ),
-        ("services: [{ip: 10.96.0.1, namespace: a, name: s}, 7]", "services[1]: expected a mapping; got a number"),
+        (
+            "services: [{ip: 10.96.0.1, namespace: a, name: s}, 7]",
+            "services[1]: expected a mapping; got a number",
+        ),
         ("nodes: {ip: 1.2.3.4, name: n}", "nodes: expected a list of entries; got a mapping"),
-        ("external: [{cidr: 10.0.0.0/33, name: office}]", "external[0] (office): cidr '10.0.0.0/33' is not a network"),
+        (
+            "external: [{cidr: 10.0.0.0/33, name: office}]",
+            "external[0] (office): cidr '10.0.0.0/33' is not a network",
+        ),
         ("external: [{cidr: 10.0.0.0/8}]", "external[0]: missing 'name'"),
         (
             "pods: [{ip: 10.1.0.1, namespace: a, name: x}, {ip: 10.1.0.1, namespace: a, name: y}]",
             "pods[1] (y): ip 10.1.0.1 is already used by pods[0] (x)",
         ),
-        ("pods: [{ip: 10.1.0.1, namespace: a, name: h, host_network: yes-please}]", "pods[0] (h): 'host_network'"),
+        (
+            "pods: [{ip: 10.1.0.1, namespace: a, name: h, host_network: yes-please}]",
+            "pods[0] (h): 'host_network'",
+        ),
         ("- just\n- a list\n", "expected a mapping with pods, services, nodes, external; got a list"),
         ("pods: [{ip: 10.1.0.1, namespace: a, name: x}\nservices: [", "not valid YAML at line 2"),
     ],
@@ -131,10 +148,14 @@ def test_cli_replay_with_a_broken_inventory_prints_one_line_and_no_traceback(tmp
     inv = write(tmp_path, "pods: [{ip: 10.1.0.1, namespace: shop, name: web-1, workload_kind: Deploymnet}]\n")
     proc = subprocess.run(
         [sys.executable, "-m", "podwire", "replay", str(pcap), "--inventory", str(inv)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("podwire:")]
-    assert lines == [f"podwire: inventory {inv}: pods[0] (web-1): workload_kind 'Deploymnet' is not one of "
-                     "Deployment, StatefulSet, DaemonSet, Job, CronJob, ReplicaSet, Pod"]
+    assert lines == [
+        f"podwire: inventory {inv}: pods[0] (web-1): workload_kind 'Deploymnet' is not one of "
+        "Deployment, StatefulSet, DaemonSet, Job, CronJob, ReplicaSet, Pod"
+    ]
