@@ -382,7 +382,8 @@ class Tracker:
         )
         self._evictions: dict[str, int] = {}
         self._anomalies: dict[str, int] = {}
-        self._endpoints: dict[tuple[bytes, int], Endpoint] = {}
+        self._endpoints: dict[tuple[bytes, int], Endpoint] = {}  # bounded caches (cleared when full)
+        self._texts: dict[bytes, str] = {}
         # Decide at construction: one bound handler per (state, event) slot of the table.
         self._handlers: tuple[Callable[[_Entry | None, Segment, bool, Rule], Events], ...] = tuple(
             getattr(self, "_do_" + rule.action) for rule in RULES
@@ -392,14 +393,17 @@ class Tracker:
 
     def feed(self, seg: Segment) -> Events:
         """One SYN/FIN/RST segment -> the events it completes (usually none: shared `()`)."""
-        flags = seg.flags
         entries = self._entries
         key: Key = seg[1:6]  # (point, src, dst, sport, dport): the forward key
         entry = entries.get(key)
-        from_client = entry is not None
-        if entry is None:
-            key = (seg.point, seg.dst, seg.src, seg.dport, seg.sport)
+        if entry is not None:
+            from_client = True
+        else:
+            from_client = False
+            point, src, dst, sport, dport = key
+            key = (point, dst, src, dport, sport)
             entry = entries.get(key)
+        flags = seg.flags
         if flags & RST:
             event = _EV_RST_C if from_client else _EV_RST_S
         elif flags & SYN:
@@ -477,6 +481,7 @@ class Tracker:
                 out.append(self._finish(entry, _OPEN, None, None, now))
         self._recent.clear()
         self._endpoints.clear()
+        self._texts.clear()
         return out
 
     @property
@@ -493,6 +498,13 @@ class Tracker:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def state_of(self, point: int, a: bytes, a_port: int, b: bytes, b_port: int) -> State:
+        """The state of the live connection between a:a_port and b:b_port (either way round)."""
+        entry = self._entries.get((point, a, b, a_port, b_port)) or self._entries.get(
+            (point, b, a, b_port, a_port)
+        )
+        return State.NEW if entry is None else State(entry.state)
 
     # --- bookkeeping ---------------------------------------------------------------------
 
@@ -547,13 +559,20 @@ class Tracker:
         recent[key] = entry
 
     def _endpoint(self, addr: bytes, port: int) -> Endpoint:
+        """Endpoints repeat (servers; reused client ports): cache them and the address text."""
         cache = self._endpoints
         k = (addr, port)
         ep = cache.get(k)
         if ep is None:
+            texts = self._texts
+            text = texts.get(addr)
+            if text is None:
+                if len(texts) >= _ENDPOINT_CACHE:
+                    texts.clear()
+                text = texts[addr] = address_text(addr)
             if len(cache) >= _ENDPOINT_CACHE:
                 cache.clear()
-            ep = cache[k] = _make_endpoint(address_text(addr), port)
+            ep = cache[k] = _make_endpoint(text, port)
         return ep
 
     def _endpoints_of(self, entry: _Entry) -> tuple[Endpoint, Endpoint]:
