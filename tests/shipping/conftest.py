@@ -40,7 +40,9 @@ def otelcol_bin() -> Path:
 def _tool(name: str) -> Path:
     found = shutil.which(name)
     if found is None:
-        pytest.fail(f"{name} is not installed (Debian package 'prometheus'; scripts/setup.sh --test installs it)")
+        pytest.fail(
+            f"{name} is not installed (Debian package 'prometheus'; scripts/setup.sh --test installs it)"
+        )
     return Path(found)
 
 

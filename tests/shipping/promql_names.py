@@ -112,7 +112,7 @@ def load_contract(path: Path = NAMES_PY) -> Contract:
 
 # Grafana's template variables are not PromQL: replace them before parsing.
 _GRAFANA_RANGE = re.compile(r"\$__(rate_interval|interval|range)|\$\{__(rate_interval|interval|range)\}")
-_GRAFANA_VAR = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
+_GRAFANA_VAR = re.compile(r"\$\{([A-Za-z_]\w*)(?::\w+)?\}|\$([A-Za-z_]\w*)|\[\[(\w+)\]\]")
 
 
 def substitute_grafana(expr: str) -> str:
