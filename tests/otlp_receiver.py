@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 
 def any_value(v: AnyValue) -> Any:
@@ -86,7 +86,12 @@ class OtlpReceiver:
         self.metric_requests: list[metrics_service_pb2.ExportMetricsServiceRequest] = []
         self.trace_requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
         self.wire_bytes = {"metrics": 0, "traces": 0}
-        self.request_counts = {("grpc", "metrics"): 0, ("grpc", "traces"): 0, ("http", "metrics"): 0, ("http", "traces"): 0}
+        self.request_counts = {
+            ("grpc", "metrics"): 0,
+            ("grpc", "traces"): 0,
+            ("http", "metrics"): 0,
+            ("http", "traces"): 0,
+        }
         self._grpc: grpc.Server | None = None
         self._http: ThreadingHTTPServer | None = None
         self._http_thread: threading.Thread | None = None
@@ -210,18 +215,56 @@ class OtlpReceiver:
                         if kind == "sum":
                             for p in m.sum.data_points:
                                 value = p.as_int if p.WhichOneof("value") == "as_int" else p.as_double
-                                yield Point(m.name, m.unit, "sum", m.sum.is_monotonic, m.sum.aggregation_temporality,
-                                            attrs(p.attributes), res, value, None, None, (), (), p.time_unix_nano)
+                                yield Point(
+                                    m.name,
+                                    m.unit,
+                                    "sum",
+                                    m.sum.is_monotonic,
+                                    m.sum.aggregation_temporality,
+                                    attrs(p.attributes),
+                                    res,
+                                    value,
+                                    None,
+                                    None,
+                                    (),
+                                    (),
+                                    p.time_unix_nano,
+                                )
                         elif kind == "gauge":
                             for p in m.gauge.data_points:
                                 value = p.as_int if p.WhichOneof("value") == "as_int" else p.as_double
-                                yield Point(m.name, m.unit, "gauge", None, None, attrs(p.attributes), res, value,
-                                            None, None, (), (), p.time_unix_nano)
+                                yield Point(
+                                    m.name,
+                                    m.unit,
+                                    "gauge",
+                                    None,
+                                    None,
+                                    attrs(p.attributes),
+                                    res,
+                                    value,
+                                    None,
+                                    None,
+                                    (),
+                                    (),
+                                    p.time_unix_nano,
+                                )
                         elif kind == "histogram":
                             for p in m.histogram.data_points:
-                                yield Point(m.name, m.unit, "histogram", None, m.histogram.aggregation_temporality,
-                                            attrs(p.attributes), res, None, p.count, p.sum, tuple(p.bucket_counts),
-                                            tuple(p.explicit_bounds), p.time_unix_nano)
+                                yield Point(
+                                    m.name,
+                                    m.unit,
+                                    "histogram",
+                                    None,
+                                    m.histogram.aggregation_temporality,
+                                    attrs(p.attributes),
+                                    res,
+                                    None,
+                                    p.count,
+                                    p.sum,
+                                    tuple(p.bucket_counts),
+                                    tuple(p.explicit_bounds),
+                                    p.time_unix_nano,
+                                )
 
     def latest_points(self, name: str) -> list[Point]:
         """The points of `name` from the newest metrics request that carried it (cumulative)."""
@@ -247,9 +290,21 @@ class OtlpReceiver:
                 res = attrs(rs.resource.attributes)
                 for ss in rs.scope_spans:
                     for s in ss.spans:
-                        out.append(ReceivedSpan(s.name, s.kind, s.trace_id, s.span_id, s.parent_span_id,
-                                                s.start_time_unix_nano, s.end_time_unix_nano, attrs(s.attributes),
-                                                res, s.status.code, s.status.message))
+                        out.append(
+                            ReceivedSpan(
+                                s.name,
+                                s.kind,
+                                s.trace_id,
+                                s.span_id,
+                                s.parent_span_id,
+                                s.start_time_unix_nano,
+                                s.end_time_unix_nano,
+                                attrs(s.attributes),
+                                res,
+                                s.status.code,
+                                s.status.message,
+                            )
+                        )
         return out
 
     @staticmethod

@@ -21,8 +21,12 @@ _ports = itertools.count(40000)
 T0 = 1_764_400_000.0  # a fixed unix time: spans and points are checked exactly
 
 
-def pod(workload: str, ns: str = "shop", kind: str = "Deployment", name: str | None = None, node: str = "node-a") -> Identity:
-    return Identity(IdentityKind.POD, name or f"{workload}-7d9f-x{random.randrange(100, 999)}", ns, workload, kind, node)
+def pod(
+    workload: str, ns: str = "shop", kind: str = "Deployment", name: str | None = None, node: str = "node-a"
+) -> Identity:
+    return Identity(
+        IdentityKind.POD, name or f"{workload}-7d9f-x{random.randrange(100, 999)}", ns, workload, kind, node
+    )
 
 
 def external(name: str = "internet") -> Identity:
@@ -34,7 +38,9 @@ def service(name: str, ns: str = "shop") -> Identity:
 
 
 def host_pod(workload: str, ns: str = "kube-system") -> Identity:
-    return Identity(IdentityKind.POD, f"{workload}-node-a", ns, workload, "DaemonSet", "node-a", host_network=True)
+    return Identity(
+        IdentityKind.POD, f"{workload}-node-a", ns, workload, "DaemonSet", "node-a", host_network=True
+    )
 
 
 def record(
@@ -85,7 +91,13 @@ def record(
 def opened_for(rec: ConnectionRecord) -> ConnectionOpened:
     assert rec.start_time is not None and rec.client_isn is not None and rec.server_isn is not None
     return ConnectionOpened(
-        rec.point, rec.client, rec.server, rec.start_time, rec.handshake_rtt_s, rec.client_isn, rec.server_isn,
+        rec.point,
+        rec.client,
+        rec.server,
+        rec.start_time,
+        rec.handshake_rtt_s,
+        rec.client_isn,
+        rec.server_isn,
         rec.observed_side,
     )
 

@@ -364,7 +364,9 @@ class Telemetry:
                 export_timeout_millis=self.otlp.timeout_s * 1000,
             )
             readers.append(self._metric_reader)
-        self.meter_provider = MeterProvider(metric_readers=readers, resource=self.resource)
+        self.meter_provider = MeterProvider(
+            metric_readers=readers, resource=self.resource, shutdown_on_exit=False
+        )
         meter = self.meter_provider.get_meter(n.METER_NAME, _version)
         self.self_metrics = SelfMetrics(meter, self.counters, self.metrics)
 
