@@ -42,9 +42,13 @@ def lifecycles(n: int, seed: int = 1) -> list[Segment]:
         sfin = (sisn + 1 + down) & MASK
         ts += 0.0001
         out.append(Segment(ts, 3, CLIENT, SERVER, port, 80, cisn, 0, SYN, 0, True))
-        out.append(Segment(ts + 0.00002, 3, SERVER, CLIENT, 80, port, sisn, (cisn + 1) & MASK, SYN | ACK, 0, False))
+        out.append(
+            Segment(ts + 0.00002, 3, SERVER, CLIENT, 80, port, sisn, (cisn + 1) & MASK, SYN | ACK, 0, False)
+        )
         out.append(Segment(ts + 0.00005, 3, CLIENT, SERVER, port, 80, cfin, sfin, FIN | ACK, 0, True))
-        out.append(Segment(ts + 0.00007, 3, SERVER, CLIENT, 80, port, sfin, (cfin + 1) & MASK, FIN | ACK, 0, False))
+        out.append(
+            Segment(ts + 0.00007, 3, SERVER, CLIENT, 80, port, sfin, (cfin + 1) & MASK, FIN | ACK, 0, False)
+        )
     return out
 
 
@@ -67,7 +71,18 @@ def best_of(repeat: int, fn, *args):  # type: ignore[no-untyped-def]
 
 def syn_flood(n: int) -> tuple[float, int]:
     segs = [
-        Segment(1.0 + i * 1e-6, 3, bytes([10, 1, (i >> 16) & 255, (i >> 8) & 255]), SERVER, 1024 + i % 60000, 80, i, 0, SYN, 0)
+        Segment(
+            1.0 + i * 1e-6,
+            3,
+            bytes([10, 1, (i >> 16) & 255, (i >> 8) & 255]),
+            SERVER,
+            1024 + i % 60000,
+            80,
+            i,
+            0,
+            SYN,
+            0,
+        )
         for i in range(n)
     ]
     return run_feed(segs, TrackerLimits(max_connections=4096, max_half_open=1024))
@@ -76,7 +91,9 @@ def syn_flood(n: int) -> tuple[float, int]:
 def expire_cost(n: int) -> tuple[float, int]:
     tracker = Tracker(TrackerLimits(max_connections=n + 1, max_half_open=n + 1, syn_timeout_s=1.0))
     for i in range(n):
-        tracker.feed(Segment(1.0 + i * 1e-6, 3, CLIENT, SERVER, 1024 + i % 60000, 80 + i // 60000, i, 0, SYN, 0))
+        tracker.feed(
+            Segment(1.0 + i * 1e-6, 3, CLIENT, SERVER, 1024 + i % 60000, 80 + i // 60000, i, 0, SYN, 0)
+        )
     gc.collect()
     t0 = time.process_time()
     out = tracker.expire(100.0)
@@ -104,8 +121,10 @@ def main() -> int:
         "us_per_syn_flood_segment": flood_s / n * 1e6,
         "us_per_expired_half_open": expire_s / n * 1e6,
     }
-    print(f"tracker_rate: {n} connections, best of {args.repeat}, {platform.python_implementation()} "
-          f"{platform.python_version()}")
+    print(
+        f"tracker_rate: {n} connections, best of {args.repeat}, {platform.python_implementation()} "
+        f"{platform.python_version()}"
+    )
     print(f"{'figure':<28}{'value':>14}")
     for name, value in rows.items():
         print(f"{name:<28}{value:>14.3f}")
