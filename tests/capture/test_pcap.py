@@ -1,4 +1,4 @@
-"""pcap/pcapng replay: scapy-written, hand-built and real tcpdump/dumpcap files; garbage refused in one line."""
+"""pcap/pcapng replay: scapy-written, hand-built and real tcpdump/dumpcap files; garbage refused."""
 
 from __future__ import annotations
 
