@@ -32,6 +32,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import threading
@@ -376,6 +377,7 @@ def cleanup_stale(state_dir: Path = STATE_DIR) -> list[str]:
         if state and _creator_alive(state):
             continue
         removed = _purge(prefix, state.get("netns", []), state.get("netns_inodes", []))
+        shutil.rmtree(state_dir / f"{prefix}.d", ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         _log.info("stale cluster removed", prefix=prefix, creator=state.get("pid"), netns=len(removed))
@@ -390,6 +392,8 @@ def leftovers(prefixes: Iterable[str], state_dir: Path = STATE_DIR) -> list[str]
         out += [f"netns {n}" for n in _owned_netns(prefix)]
         if (state_dir / f"{prefix}.json").exists():
             out.append(f"state {state_dir / prefix}.json")
+        if (state_dir / f"{prefix}.d").exists():
+            out.append(f"workdir {state_dir / prefix}.d")
     return out
 
 
@@ -488,6 +492,12 @@ class Cluster:
     def host_veth_pattern(self) -> str:
         """Regex matching exactly the pods' host-side veths (Settings.interface_include): not the wire."""
         return rf"^{self.prefix}h\d+$"
+
+    def workdir(self) -> Path:
+        """A scratch directory of this cluster (configs, logs); removed at teardown and by cleanup_stale."""
+        path = self.state_dir / f"{self.prefix}.d"
+        path.mkdir(mode=0o755, parents=True, exist_ok=True)
+        return path
 
     @property
     def netns_names(self) -> tuple[str, ...]:
@@ -824,6 +834,7 @@ class Cluster:
             self._spawner.shutdown(wait=True)
         try:
             _purge(self.prefix, self._plan.all_netns(), self._inodes)
+            shutil.rmtree(self.state_dir / f"{self.prefix}.d", ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):
                 (self.state_dir / f"{self.prefix}.json").unlink()
         except Exception as exc:  # the next cleanup_stale finishes the job
