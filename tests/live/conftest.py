@@ -1,6 +1,7 @@
 """Fixtures that build network-namespace mini-clusters and always tear them down.
 
 cluster_factory(spec) -> built Cluster (torn down after the test, pass or fail)
+module_cluster_factory the same, torn down after the test module
 two_pod_cluster       one node "node-a": pods "client" and "server"
 two_node_cluster      "node-a": "client-a", "server-a"; "node-b": "client-b", "server-b";
                       Service default/server-a 10.96.0.10:80 and [fd00:96::a]:80 -> server-a:8080
@@ -30,6 +31,7 @@ __all__ = [
     "TWO_NODE_SPEC",
     "TWO_POD_SPEC",
     "cluster_factory",
+    "module_cluster_factory",
     "pytest_sessionfinish",
     "two_node_cluster",
     "two_pod_cluster",
@@ -68,8 +70,7 @@ TWO_NODE_SPEC = ClusterSpec(
 )
 
 
-@pytest.fixture
-def cluster_factory() -> Iterator[Callable[[ClusterSpec], Cluster]]:
+def _factory() -> Iterator[Callable[[ClusterSpec], Cluster]]:
     if os.geteuid() != 0:
         pytest.skip("live cluster tests need root (network namespaces)")
     built: list[Cluster] = []
@@ -84,6 +85,18 @@ def cluster_factory() -> Iterator[Callable[[ClusterSpec], Cluster]]:
     finally:
         for cluster in reversed(built):
             cluster.teardown()
+
+
+@pytest.fixture
+def cluster_factory() -> Iterator[Callable[[ClusterSpec], Cluster]]:
+    """Build clusters for one test; each is torn down when the test ends, pass or fail."""
+    yield from _factory()
+
+
+@pytest.fixture(scope="module")
+def module_cluster_factory() -> Iterator[Callable[[ClusterSpec], Cluster]]:
+    """The same, shared by a test module (build once, many tests); torn down after the module."""
+    yield from _factory()
 
 
 @pytest.fixture
@@ -102,5 +115,5 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         message = "mini-cluster leftovers after the session: " + ", ".join(left)
         if reporter is not None:
-            reporter.write_line(message, red=True)
+            reporter.write_line("\n" + message, red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

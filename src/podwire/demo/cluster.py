@@ -35,6 +35,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -463,6 +464,7 @@ class Cluster:
         self._spawner: ThreadPoolExecutor | None = None
         self._built = False
         self._torn_down = False
+        self._creator = os.getpid()  # a forked child inherits atexit hooks; only the creator tears down
 
     # ------------------------------------------------------------ public lookups
 
@@ -820,6 +822,8 @@ class Cluster:
 
     def teardown(self, grace_s: float = 2.0) -> None:
         """Kill every process, delete every namespace, drop the state file. Idempotent, never raises."""
+        if os.getpid() != self._creator:
+            return
         with self._lock:
             if self._torn_down or not self._built:
                 return
@@ -844,6 +848,34 @@ class Cluster:
 
 
 _AF_INET6 = 10
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM raise SystemExit in the main thread, so `with Cluster(...)` and atexit tear down.
+
+    (SIGINT already raises KeyboardInterrupt.) Call from the main thread of the program that builds.
+    """
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m podwire.demo.cluster cleanup`: remove what crashed demo clusters left behind."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args != ["cleanup"]:
+        print("usage: python -m podwire.demo.cluster cleanup", file=sys.stderr)
+        return 2
+    try:
+        require_root()
+    except NotRootError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    for prefix in cleanup_stale():
+        print(f"removed stale cluster {prefix}")
+    return 0
 
 
 def _index(ipr: Any, ifname: str) -> int:
@@ -880,3 +912,7 @@ def _stop_processes(procs: list[subprocess.Popen[Any]], grace_s: float) -> None:
 def _signal_group(proc: subprocess.Popen[Any], sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
