@@ -1,8 +1,15 @@
 """Pod interfaces, found and followed with netlink (pyroute2): no shell, no polling.
 
-`InterfaceWatch` holds one IPRoute socket bound to the link multicast group.  Its fd goes into
-the capture loop's selector; when readable, `events()` turns RTM_NEWLINK/RTM_DELLINK messages
-into `LinkAdded`/`LinkRemoved`.  The first call to `initial()` lists the links present now.
+`InterfaceWatch` holds a netlink socket bound to the link multicast group (RTMGRP_LINK).  Its fd
+goes into the capture loop's selector; when readable, `events()` reads every pending datagram
+(non-blocking, until EAGAIN), parses them with pyroute2's rtnetlink marshal and turns
+RTM_NEWLINK/RTM_DELLINK into `LinkChange`s.  `initial()` lists the links present now with
+pyroute2's IPRoute.get_links().
+
+Why not IPRoute.bind() + get() for the events: pyroute2 0.9 reads the socket from its asyncio
+transport, which queues *every* pending datagram while get() returns only one, so the fd stops
+being readable while events wait in pyroute2's queue (a removed interface was then noticed only
+at the next event).  A plain socket keeps "fd readable" == "events pending".
 
 A candidate is a veth whose peer lives in another network namespace (IFLA_LINK_NETNSID is
 present) when `veth_only`, filtered by the include/exclude name patterns.  A veth is often
@@ -12,13 +19,18 @@ judged again: the interface becomes a candidate when the netnsid appears.
 
 from __future__ import annotations
 
+import errno
 import re
+import socket
 from dataclasses import dataclass
 from typing import Any
 
 from podwire import log
 
 _log = log.get("podwire.capture.interfaces")
+
+RTMGRP_LINK = 0x1
+_RCVBUF = 1 << 20  # room for a burst of link events (many pods created at once)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,20 +79,29 @@ def link_from_message(msg: Any) -> Link | None:
 
 
 class InterfaceWatch:
-    """Netlink link discovery; create it in the namespace to watch (the socket stays there)."""
+    """Netlink link discovery; create it in the namespace to watch (the sockets stay there)."""
 
     def __init__(self, link_filter: LinkFilter) -> None:
         from pyroute2 import IPRoute
+        from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
         self._filter = link_filter
-        self._ipr = IPRoute()
-        self._ipr.bind()  # RTM_NEWLINK/RTM_DELLINK multicast (bind before listing: no gap)
+        # Subscribe before the first listing, so no event falls between the two.
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, 0)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+            self._sock.bind((0, RTMGRP_LINK))
+            self._ipr = IPRoute()
+        except BaseException:
+            self._sock.close()
+            raise
+        self._marshal = MarshalRtnl()
         self._current: dict[int, Link] = {}  # candidates we reported as added
         self.events_seen = 0
         self.resyncs = 0
 
     def fileno(self) -> int:
-        return int(self._ipr.fileno())
+        return self._sock.fileno()
 
     def initial(self) -> list[LinkChange]:
         """Compare the full link list with what we reported; used at start and after an overflow."""
@@ -95,32 +116,50 @@ class InterfaceWatch:
         return changes
 
     def events(self) -> list[LinkChange]:
-        """Read pending netlink messages (call when the fd is readable)."""
-        try:
-            messages = self._ipr.get()
-        except OSError as exc:  # ENOBUFS: the kernel dropped events; list everything again
-            _log.warning("netlink overflow, relisting links", error=str(exc))
-            self.resyncs += 1
-            return self.initial()
+        """Read every pending netlink datagram (call when the fd is readable)."""
         changes: list[LinkChange] = []
-        for msg in messages:
-            event = msg.get("event")
-            if event not in ("RTM_NEWLINK", "RTM_DELLINK"):
-                continue
-            self.events_seen += 1
-            index = int(msg["index"])
-            old = self._current.get(index)
-            link = link_from_message(msg) if event == "RTM_NEWLINK" else None
-            if link is not None and self._filter.accepts(link):
-                if old != link:
-                    if old is not None:  # renamed or re-peered: reopen under the new facts
-                        changes.append(LinkChange(old, False))
-                    changes.append(LinkChange(link, True))
-                    self._current[index] = link
-            elif old is not None:
-                changes.append(LinkChange(old, False))
-                del self._current[index]
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                # The kernel dropped events: list everything again (after draining the rest).
+                _log.warning("netlink overflow, relisting links")
+                self.resyncs += 1
+                self._drain_quietly()
+                return changes + self.initial()
+            for msg in self._marshal.parse(data):
+                self._judge(msg, changes)
         return changes
 
+    def _drain_quietly(self) -> None:
+        while True:
+            try:
+                self._sock.recv(65536)
+            except OSError:
+                return
+
+    def _judge(self, msg: Any, changes: list[LinkChange]) -> None:
+        event = msg.get("event")
+        if event not in ("RTM_NEWLINK", "RTM_DELLINK"):
+            return
+        self.events_seen += 1
+        index = int(msg["index"])
+        old = self._current.get(index)
+        link = link_from_message(msg) if event == "RTM_NEWLINK" else None
+        if link is not None and self._filter.accepts(link):
+            if old != link:
+                if old is not None:  # renamed or re-peered: reopen under the new facts
+                    changes.append(LinkChange(old, False))
+                changes.append(LinkChange(link, True))
+                self._current[index] = link
+        elif old is not None:
+            changes.append(LinkChange(old, False))
+            del self._current[index]
+
     def close(self) -> None:
+        self._sock.close()
         self._ipr.close()
