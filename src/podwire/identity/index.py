@@ -15,7 +15,6 @@ them, so memory stays bounded under churn.
 
 from __future__ import annotations
 
-import bisect
 import ipaddress
 import math
 import sys
@@ -408,15 +407,16 @@ def _pick(spans: tuple[Span, ...], at: float) -> Identity | None:
     """The span holding `at`; in a gap between holders, the nearer one in time."""
     if not spans:
         return None
-    i = bisect.bisect_right([s.since for s in spans], at) - 1
-    if i >= 0 and at < spans[i].until:
-        return spans[i].identity
-    if i < 0:
-        return spans[0].identity  # before anything we know of: the first holder
-    before = spans[i]
-    after = spans[i + 1] if i + 1 < len(spans) else None
-    if after is None:
-        # Nobody holds it now.  An event stamped shortly after the last holder left is still its
-        # own (deletes are seen late); long after, the address was free.
-        return before.identity if at - before.until <= LEAVE_GRACE_S else None
-    return before.identity if at - before.until <= after.since - at else after.identity
+    # Spans are few (bounded) and late events are usually recent: scan from the newest.
+    after: Span | None = None
+    for span in reversed(spans):
+        if span.since <= at:
+            if at < span.until:
+                return span.identity
+            if after is None:
+                # Nobody holds it now.  An event stamped shortly after the last holder left is
+                # still its own (deletes are seen late); long after, the address was free.
+                return span.identity if at - span.until <= LEAVE_GRACE_S else None
+            return span.identity if at - span.until <= after.since - at else after.identity
+        after = span
+    return spans[0].identity  # before anything we know of: the first holder

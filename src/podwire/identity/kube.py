@@ -125,9 +125,10 @@ def load_client(kubeconfig: str | None = None, context: str | None = None) -> An
                 config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
             except config.ConfigException:
                 config.load_kube_config(context=context, client_configuration=cfg)  # type: ignore[no-untyped-call]
-    except (config.ConfigException, OSError, ValueError, TypeError) as exc:
+    except Exception as exc:  # ConfigException, YAML errors, OSError, bad base64...: all one line
         where = kubeconfig or "in-cluster service account or ~/.kube/config"
-        raise KubeConfigError(f"kubernetes: cannot load configuration from {where}: {exc}") from None
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise KubeConfigError(f"kubernetes: cannot load configuration from {where}: {detail}") from None
     cfg.retries = 0  # we retry, with our own backoff and logging
     return client.ApiClient(cfg)
 
@@ -150,6 +151,7 @@ class _KindState:
         "lists",
         "objects",
         "override_rv",
+        "reconnecting",
         "relists",
         "response",
         "rv",
@@ -172,6 +174,7 @@ class _KindState:
         self.error: str | None = None
         self.response: Any = None
         self.override_rv: str | None = None
+        self.reconnecting = False
         self.thread: threading.Thread | None = None
 
 
@@ -263,6 +266,7 @@ class KubeSource:
         for state in self._states.values():
             if kind is None or state.kind == kind:
                 state.override_rv = resource_version
+                state.reconnecting = True
                 self._cut(state)
 
     @staticmethod
@@ -325,8 +329,9 @@ class KubeSource:
             except Exception as exc:  # network: refused, reset, timeout, TLS, truncated stream
                 if self._stop.is_set():
                     break
-                if state.override_rv is not None and state.response is None:
-                    continue  # our own reconnect(): resume at once
+                if state.reconnecting:
+                    state.reconnecting = False
+                    continue  # our own reconnect() cut the stream: resume at once
                 state.errors += 1
                 state.error = f"unreachable: {_brief(exc)}"
                 delay = backoff.next()
@@ -457,7 +462,7 @@ class KubeSource:
     def _watch(self, state: _KindState) -> None:
         kind = state.kind
         rv = state.override_rv if state.override_rv is not None else state.rv
-        state.override_rv = None
+        state.reconnecting = False
         timeout = self._rng.randint(*self.watch_timeout_s)
         params = {
             "watch": True,
@@ -465,7 +470,12 @@ class KubeSource:
             "resource_version": rv,
             "timeout_seconds": timeout,
         }
-        resp = self._get(kind, params, timeout + 30.0)
+        try:
+            resp = self._get(kind, params, timeout + 30.0)
+        except _Gone:
+            state.override_rv = None  # the server has seen it: done with it
+            raise
+        state.override_rv = None
         state.response = resp
         state.watches += 1
         handle = self.apply_line
@@ -476,6 +486,7 @@ class KubeSource:
                 handle(kind, line)
         finally:
             state.response = None
+            resp.close()  # never pool a connection we may have shut down
             resp.release_conn()
 
     # ---- applying events --------------------------------------------------------------------
