@@ -73,6 +73,7 @@ from podwire import log
 from podwire.config import Settings
 from podwire.model import Sink
 from podwire.telemetry import names as n
+from podwire.telemetry.encode import SpanEncoder
 from podwire.telemetry.metrics import (
     AgentSnapshot,
     ExportCounters,
@@ -240,6 +241,33 @@ class _PrometheusReader(PrometheusMetricReader):
 
 
 # --- span plumbing -------------------------------------------------------------------------------
+
+
+class _FastGrpcSpanExporter(GrpcSpanExporter):
+    """The SDK's gRPC exporter (channel, retries, headers, TLS) with encode.py's encoder."""
+
+    _encoder = SpanEncoder()
+
+    def _translate_data(self, data: Sequence[ReadableSpan]) -> Any:
+        return self._encoder.request(data)
+
+
+class _FastHttpSpanExporter(HttpSpanExporter):
+    """The SDK's HTTP exporter with encode.py's encoder (falls back to the SDK's own path)."""
+
+    _encoder = SpanEncoder()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        client = getattr(self, "_client", None)
+        if client is None or getattr(self, "_shutdown", True) or not hasattr(client, "export"):
+            return super().export(spans)
+        try:
+            data = self._encoder.wire(spans)
+        except Exception:
+            _log.exception("span_encode_failed")
+            return SpanExportResult.FAILURE
+        result = client.export(data)
+        return SpanExportResult.SUCCESS if getattr(result, "success", False) else SpanExportResult.FAILURE
 
 
 class _CountingSpanExporter(SpanExporter):
@@ -421,13 +449,13 @@ class Telemetry:
     def _span_exporter(self) -> SpanExporter:
         o = self.otlp
         if o.traces_protocol == GRPC:
-            return GrpcSpanExporter(
+            return _FastGrpcSpanExporter(
                 endpoint=o.traces_endpoint,
                 insecure=_insecure(o.traces_endpoint),
                 headers=o.headers,
                 timeout=o.timeout_s,
             )
-        return HttpSpanExporter(endpoint=o.traces_endpoint, headers=dict(o.headers), timeout=o.timeout_s)
+        return _FastHttpSpanExporter(endpoint=o.traces_endpoint, headers=dict(o.headers), timeout=o.timeout_s)
 
     def metrics_text(self) -> bytes:
         """The Prometheus exposition (a collection runs now, on the caller's thread)."""
