@@ -1,8 +1,12 @@
 """Every metric, attribute and span name podwire emits, defined once.
 
 The Prometheus names in the comments are a contract: dashboards, alerts and users'
-queries are written against them (OTel `a.b.c` -> Prometheus `a_b_c`, plus `_total`
-for counters and the unit suffix `_seconds`/`_bytes` where the name lacks it).
+queries are written against them.  They are what opentelemetry-exporter-prometheus (our
+/metrics) and the collector's prometheus exporter really produce, checked by
+tests/telemetry/test_export.py against Debian's Prometheus: OTel `a.b.c` -> `a_b_c`; the unit
+is appended when the name lacks it (s -> _seconds, By -> _bytes, {annotations} -> nothing);
+counters get `_total`; histograms `_bucket`/`_sum`/`_count`; up-down counters are gauges.
+Attribute keys: dots become underscores (client.workload -> client_workload).
 """
 
 from __future__ import annotations
@@ -14,17 +18,17 @@ METER_NAME: Final = "podwire"
 # --- edge instruments ------------------------------------------------------------
 TCP_CONNECTIONS: Final = "podwire.tcp.connections"  # podwire_tcp_connections_total{outcome}
 TCP_BYTES: Final = "podwire.tcp.bytes"  # podwire_tcp_bytes_total{direction}
-TCP_CONNECTION_DURATION: Final = "podwire.tcp.connection.duration"  # ..._seconds_bucket
-TCP_HANDSHAKE_DURATION: Final = "podwire.tcp.handshake.duration"  # ..._seconds_bucket
+TCP_CONNECTION_DURATION: Final = "podwire.tcp.connection.duration"  # podwire_tcp_connection_duration_seconds
+TCP_HANDSHAKE_DURATION: Final = "podwire.tcp.handshake.duration"  # podwire_tcp_handshake_duration_seconds
 TCP_FAILURES: Final = "podwire.tcp.failures"  # podwire_tcp_failures_total{reason}
 TCP_RESETS: Final = "podwire.tcp.resets"  # podwire_tcp_resets_total{sender}
-TCP_CONNECTIONS_ACTIVE: Final = "podwire.tcp.connections.active"  # podwire_tcp_connections_active
+TCP_CONNECTIONS_ACTIVE: Final = "podwire.tcp.connections.active"  # podwire_tcp_connections_active (gauge)
 
 # --- Tempo service-graph series (names exactly as Tempo's processor writes them) ----
-SG_REQUEST: Final = "traces_service_graph_request"  # ..._total
-SG_REQUEST_FAILED: Final = "traces_service_graph_request_failed"  # ..._total
-SG_REQUEST_SERVER_SECONDS: Final = "traces_service_graph_request_server_seconds"
-SG_REQUEST_CLIENT_SECONDS: Final = "traces_service_graph_request_client_seconds"
+SG_REQUEST: Final = "traces_service_graph_request"  # traces_service_graph_request_total
+SG_REQUEST_FAILED: Final = "traces_service_graph_request_failed"  # traces_service_graph_request_failed_total
+SG_REQUEST_SERVER_SECONDS: Final = "traces_service_graph_request_server_seconds"  # histogram, unchanged
+SG_REQUEST_CLIENT_SECONDS: Final = "traces_service_graph_request_client_seconds"  # histogram, unchanged
 
 # --- agent self-metrics ----------------------------------------------------------
 AGENT_PACKETS: Final = "podwire.agent.packets"  # podwire_agent_packets_total
@@ -32,13 +36,15 @@ AGENT_KERNEL_DROPS: Final = "podwire.agent.kernel.drops"  # podwire_agent_kernel
 AGENT_DECODE_ERRORS: Final = "podwire.agent.decode.errors"  # podwire_agent_decode_errors_total
 AGENT_INTERFACES: Final = "podwire.agent.interfaces"  # podwire_agent_interfaces
 AGENT_TRACKER_ENTRIES: Final = "podwire.agent.tracker.entries"  # podwire_agent_tracker_entries
-AGENT_TRACKER_EVICTIONS: Final = "podwire.agent.tracker.evictions"  # ..._evictions_total
-AGENT_TRACKER_ANOMALIES: Final = "podwire.agent.tracker.anomalies"  # ..._anomalies_total{kind}
-AGENT_IDENTITY_MISSES: Final = "podwire.agent.identity.misses"  # ..._misses_total
+AGENT_TRACKER_EVICTIONS: Final = "podwire.agent.tracker.evictions"  # podwire_agent_tracker_evictions_total
+# podwire_agent_tracker_anomalies_total{kind}
+AGENT_TRACKER_ANOMALIES: Final = "podwire.agent.tracker.anomalies"
+AGENT_IDENTITY_MISSES: Final = "podwire.agent.identity.misses"  # podwire_agent_identity_misses_total
 AGENT_SERIES: Final = "podwire.agent.series"  # podwire_agent_series (edge label sets held)
-AGENT_SERIES_DROPPED: Final = "podwire.agent.series.dropped"  # ..._dropped_total (cardinality cap)
-AGENT_EXPORT_FAILURES: Final = "podwire.agent.export.failures"  # ..._failures_total{signal}
-AGENT_EXPORT_DROPPED: Final = "podwire.agent.export.dropped"  # ..._dropped_total{signal}
+AGENT_SERIES_DROPPED: Final = "podwire.agent.series.dropped"  # podwire_agent_series_dropped_total (cap hit)
+AGENT_EXPORT_FAILURES: Final = "podwire.agent.export.failures"  # podwire_agent_export_failures_total{signal}
+# podwire_agent_export_dropped_total{signal,reason}: spans dropped (queue full) or lost (export failed)
+AGENT_EXPORT_DROPPED: Final = "podwire.agent.export.dropped"
 
 # --- edge attributes (Prometheus: dots become underscores) ---------------------------
 CLIENT_WORKLOAD: Final = "client.workload"
