@@ -11,6 +11,25 @@ encoding, the Prometheus translation (same names both ways), the resource, and t
 which are real observable instruments whose callbacks read the agent's counters.
 
 Exactly once (`counts_here`): cluster-wide each connection is counted by one agent, see there.
+
+Tempo's service-graph contract, as read in Tempo's source (grafana/tempo,
+modules/generator/processor/servicegraphs/servicegraphs.go, store/edge.go, config.go) and docs
+(https://grafana.com/docs/tempo/latest/metrics-from-traces/service_graphs/):
+- counters traces_service_graph_request_total and ..._failed_total, histograms
+  traces_service_graph_request_server_seconds and ..._client_seconds (plus _messaging_system_seconds,
+  not applicable to TCP);
+- labels client, server (the two spans' service.name), connection_type ("" for a plain
+  client/server pair, "virtual_node" when one end sent no span, "database", "messaging_system"),
+  then each dimension twice with client_/server_ prefixes: the `service.namespace` dimension gives
+  client_service_namespace / server_service_namespace;
+- an edge is failed when either span has status ERROR; default buckets
+  ExponentialBuckets(0.1, 2, 8) = 0.1 .. 12.8 s.
+podwire counts one TCP connection as one request, refused/timeout/reset as failed, names pods by
+workload (their spans' service.name), and names an external peer by its external name (Tempo would
+use peer.service, or "user" for a client without a span).  One deliberate difference: both seconds
+histograms get the wire duration measured here, also for virtual nodes, where Tempo records 0 for
+the side without a span.  Do not also enable Tempo's own service-graph generator on podwire's spans:
+the series would be counted twice.
 """
 
 from __future__ import annotations
