@@ -125,6 +125,24 @@ def test_new_pod_interface_is_captured_within_a_second_and_closed_when_removed(
     assert (stats.interfaces, stats.interfaces_opened, stats.interfaces_closed) == (0, 2, 2)
 
 
+def test_renamed_interface_keeps_its_ring(pods: Pods, capture: LiveCapture) -> None:
+    old = pods.host_ifs[0]
+    ifindex = socket_ifindex(pods.node, old)
+    new = pods.prefix + "r0"
+    subprocess.run(["ip", "-n", pods.node, "link", "set", old, "down"], check=True)
+    subprocess.run(["ip", "-n", pods.node, "link", "set", old, "name", new], check=True)
+    subprocess.run(["ip", "-n", pods.node, "link", "set", new, "up"], check=True)
+    wait_for(capture, lambda: [(c.name, c.ifindex) for c in capture.interfaces()] == [(new, ifindex)], 1.0)
+    assert capture.stats().interfaces_opened == 1
+
+
+def test_missing_namespace_is_a_clear_error() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    with pytest.raises(FileNotFoundError, match="network namespace 'pwc-no-such-ns' does not exist"):
+        LiveCapture(Settings(netns="pwc-no-such-ns"))
+
+
 def test_exclude_pattern_keeps_an_interface_out(pods: Pods) -> None:
     cap = LiveCapture(Settings(netns=pods.node, interface_exclude=pods.host_ifs[0]))
     try:

@@ -43,7 +43,7 @@ class Link:
 
 @dataclass(frozen=True, slots=True)
 class LinkChange:
-    """`link` became a candidate (added=True) or stopped being one / disappeared (added=False)."""
+    """`link` became a candidate or changed name (added=True), or stopped being one (added=False)."""
 
     link: Link
     added: bool
@@ -110,7 +110,7 @@ class InterfaceWatch:
             link = link_from_message(msg)
             if link is not None and self._filter.accepts(link):
                 seen[link.ifindex] = link
-        changes = [LinkChange(link, False) for idx, link in self._current.items() if seen.get(idx) != link]
+        changes = [LinkChange(link, False) for idx, link in self._current.items() if idx not in seen]
         changes += [LinkChange(link, True) for idx, link in seen.items() if self._current.get(idx) != link]
         self._current = seen
         return changes
@@ -151,9 +151,7 @@ class InterfaceWatch:
         old = self._current.get(index)
         link = link_from_message(msg) if event == "RTM_NEWLINK" else None
         if link is not None and self._filter.accepts(link):
-            if old != link:
-                if old is not None:  # renamed or re-peered: reopen under the new facts
-                    changes.append(LinkChange(old, False))
+            if old != link:  # new, or renamed (CNIs rename after creating): same ifindex, same ring
                 changes.append(LinkChange(link, True))
                 self._current[index] = link
         elif old is not None:

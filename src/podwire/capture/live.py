@@ -153,7 +153,9 @@ class LiveCapture:
                     self._close_ring(ring, segments)
 
     def _open(self, link: Link) -> None:
-        if link.ifindex in self._rings:
+        known = self._rings.get(link.ifindex)
+        if known is not None:
+            known.name = link.name  # a rename: the ring is bound to the ifindex and stays
             return
         try:
             with netns.inside(self._settings.netns):

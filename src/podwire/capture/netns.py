@@ -23,7 +23,10 @@ def inside(name: str | None) -> Iterator[None]:
 
     saved = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
-        setns(name, flags=0)
+        try:
+            setns(name, flags=0)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"network namespace {name!r} does not exist") from None
         try:
             yield
         finally:
