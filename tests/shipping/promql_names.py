@@ -30,6 +30,9 @@ class Contract:
     series: frozenset[str]  # every Prometheus series name podwire emits
     labels: frozenset[str]  # every label name on them
     histograms: frozenset[str]  # family names whose _bucket/_sum/_count exist
+    # Prometheus family (series name, or histogram family) -> (OTel instrument name, kind)
+    # with kind counter | histogram | gauge, as the names.py comments imply.
+    instruments: tuple[tuple[str, str, str], ...] = ()
 
 
 def _constants_with_comments(source: str) -> list[tuple[str, str, str]]:
@@ -83,6 +86,7 @@ def load_contract(path: Path = NAMES_PY) -> Contract:
     series: set[str] = set()
     histograms: set[str] = set()
     labels: set[str] = set()
+    instruments: list[tuple[str, str, str]] = []
     consts = _constants_with_comments(path.read_text())
     values = {const: value for const, value, _ in consts}
     for const in LABEL_CONSTANTS:
@@ -105,9 +109,16 @@ def load_contract(path: Path = NAMES_PY) -> Contract:
         if family:
             histograms.add(family)
             series.update({family + "_bucket", family + "_sum", family + "_count"})
+            instruments.append((family, value, "histogram"))
         else:
             series.add(name)
-    return Contract(frozenset(series), frozenset(labels | PROMETHEUS_BUILTIN_LABELS), frozenset(histograms))
+            instruments.append((name, value, "counter" if name.endswith("_total") else "gauge"))
+    return Contract(
+        frozenset(series),
+        frozenset(labels | PROMETHEUS_BUILTIN_LABELS),
+        frozenset(histograms),
+        tuple(instruments),
+    )
 
 
 # Grafana's template variables are not PromQL: replace them before parsing.
