@@ -22,6 +22,7 @@ from podwire.demo.cluster import (
     Cluster,
     ClusterError,
     ClusterSpec,
+    ExternalSpec,
     NodeSpec,
     NotRootError,
     PodSpec,
@@ -411,3 +412,22 @@ def test_non_root_is_refused_with_one_clear_line() -> None:
 def test_bad_specs_are_refused_before_anything_is_built(spec: ClusterSpec) -> None:
     with pytest.raises(ClusterError):
         Cluster(spec)
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_external_host_is_reached_from_pods_on_every_node_without_nat(
+    cluster_factory: Callable[[ClusterSpec], Cluster], family: str
+) -> None:
+    spec = ClusterSpec(
+        nodes=(NodeSpec("node-a", (PodSpec("near"),)), NodeSpec("node-b", (PodSpec("far"),))),
+        externals=(ExternalSpec("partner-api"),),
+    )
+    c = cluster_factory(spec)
+    ext = c.external("partner-api")
+    assert ext.via_node == "node-a"
+    target = ext.ipv4 if family == "ipv4" else ext.ipv6
+    with echo_server(c, "partner-api"):
+        for pod in (c.pod("near"), c.pod("far")):  # far: node-b -> wire -> node-a -> external link
+            seen, echoed, _ = c.call(pod.name, exchange, target, 8080)
+            assert seen.decode() == (pod.ipv4 if family == "ipv4" else pod.ipv6)
+            assert echoed == PAYLOAD

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from podwire.demo.cluster import Cluster
+from podwire.demo.cluster import Cluster, ClusterSpec
 from podwire.demo.inventory import inventory_for, write_inventory
+from podwire.demo.traffic import demo_spec
 from podwire.identity import inventory as reader
 
 pytestmark = pytest.mark.live
@@ -67,3 +69,16 @@ def test_inventory_of_a_one_node_cluster_names_the_node_by_its_bridge(two_pod_cl
         {"ip": node.gateway_v4, "ips": [node.gateway_v4, node.gateway_v6], "name": "node-a"}
     ]
     assert doc["services"] == []
+
+
+def test_demo_inventory_names_the_external_host_before_the_internet(
+    cluster_factory: Callable[[ClusterSpec], Cluster],
+) -> None:
+    c = cluster_factory(demo_spec())
+    inv = reader.parse(inventory_for(c).to_yaml(), "demo")
+    assert inv.external == (
+        ("203.0.113.0/24", "partner-api"),
+        ("2001:db8:113::/64", "partner-api"),
+        ("0.0.0.0/0", "internet"),
+        ("::/0", "internet"),
+    )

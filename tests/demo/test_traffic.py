@@ -39,6 +39,7 @@ def test_demo_traffic_makes_every_kind_of_connection_with_its_outcome(demo: Clus
     assert counts.get(("refused", "refused"), 0) >= 3
     assert counts.get(("reset", "reset"), 0) >= 3
     assert counts.get(("long", "closed")) == 1  # one connection held for the whole run
+    assert counts.get(("external", "closed"), 0) >= 3
     assert not any(outcome == "error" for _, outcome in counts)
     frontend = demo.pod("frontend-7d9f-x2k")
     for entry in traffic.ledger():
@@ -48,6 +49,8 @@ def test_demo_traffic_makes_every_kind_of_connection_with_its_outcome(demo: Clus
             assert entry.received - STATIC_LARGE in range(0, 400) or entry.received - STATIC_SMALL in range(
                 0, 400
             )
+        if entry.kind == "external":
+            assert entry.server == (demo.external("partner-api").ipv4, 8080) and entry.received > 1500
         if entry.kind == "long":
             assert entry.sent >= 5 + 5 * 4  # HOLD + at least four pings
     access = (traffic.workdir / "nginx" / "access.log").read_text().splitlines()
@@ -70,7 +73,7 @@ def test_frontend_answers_through_the_service_api_and_db_chain(demo: Cluster) ->
 def test_stopping_traffic_ends_every_program_and_teardown_removes_all(demo: Cluster) -> None:
     traffic = TrafficPlan().start(demo)
     inodes = [os.stat(Path("/run/netns") / name).st_ino for name in demo.netns_names]
-    assert len(pids_in_netns(inodes)) >= 5  # nginx master+worker, api, db, curl, client
+    assert len(pids_in_netns(inodes)) >= 6  # nginx master+worker, api, db, partner, curl, client
     traffic.stop()
     assert all(p.poll() is not None for p in traffic.processes.values())
     demo.teardown()

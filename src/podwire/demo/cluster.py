@@ -109,9 +109,24 @@ class ServiceSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ExternalSpec:
+    """A host outside the cluster (its own netns) on a link to `via_node` (default: the first node).
+
+    It holds the first usable address of each CIDR after the node's; every node routes the CIDRs to it,
+    and pods reach it by their default route, without NAT (like a routed partner network).
+    """
+
+    name: str
+    cidr_v4: str = "203.0.113.0/24"
+    cidr_v6: str = "2001:db8:113::/64"
+    via_node: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterSpec:
     nodes: tuple[NodeSpec, ...]
     services: tuple[ServiceSpec, ...] = ()
+    externals: tuple[ExternalSpec, ...] = ()
     pod_cidr_v4: str = "10.244.0.0/16"  # node i gets the i-th /24
     pod_cidr_v6: str = "fd00:244::/48"  # node i gets the i-th /64
     node_cidr_v4: str = "192.168.200.0/24"  # the wire between nodes
@@ -149,6 +164,18 @@ class Node:
     ipv6: str | None
     wire_ifname: str | None
     pods: tuple[Pod, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class External:
+    name: str
+    netns: str
+    ipv4: str
+    ipv6: str
+    cidr_v4: str
+    cidr_v6: str
+    via_node: str
+    ifname: str = POD_IFNAME
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,9 +441,11 @@ class _Plan:
     node_netns: list[str] = field(default_factory=list)
     pod_netns: dict[str, str] = field(default_factory=dict)
     lan_netns: str | None = None
+    external_netns: dict[str, str] = field(default_factory=dict)
 
     def all_netns(self) -> list[str]:
-        return [*self.node_netns, *self.pod_netns.values(), *([self.lan_netns] if self.lan_netns else [])]
+        lan = [self.lan_netns] if self.lan_netns else []
+        return [*self.node_netns, *self.pod_netns.values(), *lan, *self.external_netns.values()]
 
 
 def _validate(spec: ClusterSpec) -> None:
@@ -434,6 +463,12 @@ def _validate(spec: ClusterSpec) -> None:
             if not _NAME_RE.match(pod.name) or pod.name in seen_pods:
                 raise ClusterError(f"bad or duplicate pod name {pod.name!r} (lowercase, digits, '-')")
             seen_pods.add(pod.name)
+    for ext in spec.externals:
+        if not _NAME_RE.match(ext.name) or ext.name in seen_pods | seen_nodes:
+            raise ClusterError(f"bad or duplicate external name {ext.name!r}")
+        seen_pods.add(ext.name)
+        if ext.via_node is not None and ext.via_node not in seen_nodes:
+            raise ClusterError(f"external {ext.name}: no node {ext.via_node!r}")
     for svc in spec.services:
         if svc.backend not in seen_pods:
             raise ClusterError(f"service {svc.name}: backend pod {svc.backend!r} is not in the spec")
@@ -456,6 +491,7 @@ class Cluster:
         self.state_dir = state_dir
         self.nodes: tuple[Node, ...] = ()
         self.services: tuple[Service, ...] = ()
+        self.externals: tuple[External, ...] = ()
         self._pods: dict[str, Pod] = {}
         self._procs: list[subprocess.Popen[Any]] = []
         self._lock = threading.Lock()
@@ -505,12 +541,20 @@ class Cluster:
     def netns_names(self) -> tuple[str, ...]:
         return tuple(self._plan.all_netns())
 
-    def netns_of(self, target: Pod | Node | str) -> str:
-        """A Pod, a Node, or a pod/node name -> its netns name."""
-        if isinstance(target, Pod | Node):
+    def external(self, name: str) -> External:
+        for ext in self.externals:
+            if ext.name == name:
+                return ext
+        raise ClusterError(f"no external host {name!r} in cluster {self.prefix}")
+
+    def netns_of(self, target: Pod | Node | External | str) -> str:
+        """A Pod, Node or External, or a pod/node/external name -> its netns name."""
+        if isinstance(target, Pod | Node | External):
             return target.netns
         if target in self._pods:
             return self._pods[target].netns
+        if target in self._plan.external_netns:
+            return self._plan.external_netns[target]
         return self.node(target).netns
 
     # ------------------------------------------------------------ build
@@ -553,6 +597,7 @@ class Cluster:
         plan.node_netns = [f"{self.prefix}-{n.name}" for n in self.spec.nodes]
         plan.pod_netns = {p.name: f"{self.prefix}-{n.name}-{p.name}" for n in self.spec.nodes for p in n.pods}
         plan.lan_netns = f"{self.prefix}-lan" if len(self.spec.nodes) > 2 else None
+        plan.external_netns = {e.name: f"{self.prefix}-ext-{e.name}" for e in self.spec.externals}
         total_pods = len(plan.pod_netns)
         longest = max(len(f"{self.prefix}h{total_pods}"), len(f"{self.prefix}w{len(self.spec.nodes)}"))
         if longest > _IFNAMSIZ:
@@ -673,6 +718,8 @@ class Cluster:
         self.nodes = tuple(nodes)
         if multi:
             self._wire(v4_pods, v6_pods, wire_v4, wire_v6)
+        if spec.externals:
+            self._attach_externals(v4_pods, v6_pods)
         self.services = tuple(
             Service(s.name, s.namespace, s.ip, s.port, self._pods[s.backend], s.target_port, s.ipv6)
             for s in spec.services
@@ -737,6 +784,43 @@ class Cluster:
                         ipr.route("add", dst=str(v4_pods[j]), gateway=other.ipv4)
                         ipr.route("add", family=_AF_INET6, dst=str(v6_pods[j]), gateway=other.ipv6)
 
+    def _attach_externals(
+        self, v4_pods: list[ipaddress.IPv4Network], v6_pods: list[ipaddress.IPv6Network]
+    ) -> None:
+        externals: list[External] = []
+        for k, espec in enumerate(self.spec.externals):
+            node = self.node(espec.via_node) if espec.via_node else self.nodes[0]
+            net4, net6 = ipaddress.IPv4Network(espec.cidr_v4), ipaddress.IPv6Network(espec.cidr_v6)
+            gw4, gw6, host4, host6 = str(net4[1]), str(net6[1]), str(net4[10]), str(net6[10])
+            ext_ns = self._plan.external_netns[espec.name]
+            link = f"{self.prefix}x{k}"
+            fd = _open_netns(ext_ns)
+            try:
+                with IPRoute(netns=node.netns) as ipr:
+                    ipr.link("add", ifname=link, kind="veth", peer={"ifname": POD_IFNAME, "net_ns_fd": fd})
+                    idx = _index(ipr, link)
+                    _addr(ipr, idx, gw4, net4.prefixlen)
+                    _addr(ipr, idx, gw6, net6.prefixlen)
+                    ipr.link("set", index=idx, state="up")
+            finally:
+                os.close(fd)
+            with IPRoute(netns=ext_ns) as ipr:
+                _up(ipr, "lo")
+                idx = _index(ipr, POD_IFNAME)
+                _addr(ipr, idx, host4, net4.prefixlen)
+                _addr(ipr, idx, host6, net6.prefixlen)
+                ipr.link("set", index=idx, state="up")
+                ipr.route("add", dst="0.0.0.0/0", gateway=gw4)
+                ipr.route("add", family=_AF_INET6, dst="::/0", gateway=gw6)
+            for other in self.nodes:
+                if other is not node:
+                    assert node.ipv4 is not None and node.ipv6 is not None
+                    with IPRoute(netns=other.netns) as ipr:
+                        ipr.route("add", dst=str(net4), gateway=node.ipv4)
+                        ipr.route("add", family=_AF_INET6, dst=str(net6), gateway=node.ipv6)
+            externals.append(External(espec.name, ext_ns, host4, host6, str(net4), str(net6), node.name))
+        self.externals = tuple(externals)
+
     def _service_script(self) -> str:
         rules: list[str] = []
         for svc in self.services:
@@ -758,7 +842,9 @@ class Cluster:
 
     # ------------------------------------------------------------ use
 
-    def run(self, target: Pod | Node | str, argv: Sequence[str], **popen_kw: Any) -> subprocess.Popen[Any]:
+    def run(
+        self, target: Pod | Node | External | str, argv: Sequence[str], **popen_kw: Any
+    ) -> subprocess.Popen[Any]:
         """Start a real program inside a pod's (or node's) netns; the cluster owns and will kill it.
 
         Popen keywords pass through (stdout, stderr, env, cwd, ...). The child has its own process
@@ -775,16 +861,22 @@ class Cluster:
         return proc
 
     def call(
-        self, target: Pod | Node | str, fn: Callable[..., T], *args: Any, timeout: float | None = 60.0
+        self,
+        target: Pod | Node | External | str,
+        fn: Callable[..., T],
+        *args: Any,
+        timeout: float | None = 60.0,
     ) -> T:
         """Run a Python callable inside the target's netns (a short-lived thread) and return its result."""
         return call_in_netns(self.netns_of(target), fn, *args, timeout=timeout)
 
-    def nft(self, target: Pod | Node | str, script: str) -> None:
+    def nft(self, target: Pod | Node | External | str, script: str) -> None:
         """Load an nftables script inside the target's netns."""
         nft_in_netns(self.netns_of(target), script)
 
-    def add_loss(self, target: Pod | Node | str, percent: int, hooks: Sequence[str] | None = None) -> None:
+    def add_loss(
+        self, target: Pod | Node | External | str, percent: int, hooks: Sequence[str] | None = None
+    ) -> None:
         """Drop `percent`% of TCP packets at these netfilter hooks of the target's netns (no netem here).
 
         Default hooks: ("input",) for a pod: packets arriving at the pod are lost after its veth, so the
@@ -809,7 +901,7 @@ class Cluster:
         )
         self.nft(target, f"table inet pwloss {{\n{chains}}}\n")
 
-    def remove_loss(self, target: Pod | Node | str) -> None:
+    def remove_loss(self, target: Pod | Node | External | str) -> None:
         # "add" first makes the delete succeed whether or not the table exists
         self.nft(target, "add table inet pwloss\ndelete table inet pwloss\n")
 

@@ -82,8 +82,14 @@ class Inventory:
         return text
 
 
-def inventory_for(cluster: Cluster, external: Iterable[tuple[str, str]] = DEFAULT_EXTERNAL) -> Inventory:
-    """Every pod, service and node address of a built cluster, plus the given (cidr, name) externals."""
+def inventory_for(cluster: Cluster, external: Iterable[tuple[str, str]] | None = None) -> Inventory:
+    """Every pod, service and node address of a built cluster, plus (cidr, name) externals.
+
+    external=None: the cluster's external hosts' CIDRs, then 0.0.0.0/0 and ::/0 as "internet".
+    """
+    if external is None:
+        own = [(cidr, e.name) for e in cluster.externals for cidr in (e.cidr_v4, e.cidr_v6)]
+        external = (*own, *DEFAULT_EXTERNAL)
     pods = tuple(
         PodEntry((p.ipv4, p.ipv6), p.namespace, p.name, p.workload, p.workload_kind, p.node)
         for p in cluster.pods
@@ -99,7 +105,7 @@ def inventory_for(cluster: Cluster, external: Iterable[tuple[str, str]] = DEFAUL
 
 
 def write_inventory(
-    cluster: Cluster, path: str | Path, external: Iterable[tuple[str, str]] = DEFAULT_EXTERNAL
+    cluster: Cluster, path: str | Path, external: Iterable[tuple[str, str]] | None = None
 ) -> Path:
     """Write the cluster's inventory YAML to `path` (atomically) and return the path."""
     target = Path(path)

@@ -32,7 +32,17 @@ from pathlib import Path
 from typing import IO, Any
 
 from podwire import log
-from podwire.demo.cluster import Cluster, ClusterError, ClusterSpec, NodeSpec, Pod, PodSpec, ServiceSpec
+from podwire.demo.cluster import (
+    Cluster,
+    ClusterError,
+    ClusterSpec,
+    External,
+    ExternalSpec,
+    NodeSpec,
+    Pod,
+    PodSpec,
+    ServiceSpec,
+)
 
 _log = log.get("podwire.demo.traffic")
 
@@ -48,7 +58,7 @@ _LEDGER_KEEP = 10_000
 
 
 def demo_spec(nodes: int = 2) -> ClusterSpec:
-    """Four pods in namespace shop/tools, on two nodes (or one), and the api Service."""
+    """Four pods in namespaces shop/tools on two nodes (or one), the api Service, partner-api outside."""
     a = (
         PodSpec("frontend-7d9f-x2k", "shop", "frontend", "Deployment"),
         PodSpec("loadgen-5c8b-q4t", "tools", "loadgen", "Deployment"),
@@ -58,7 +68,7 @@ def demo_spec(nodes: int = 2) -> ClusterSpec:
         (NodeSpec("node-a", a), NodeSpec("node-b", b)) if nodes >= 2 else (NodeSpec("node-a", a + b),)
     )
     service = ServiceSpec("api", "shop", "10.96.0.20", 80, "api-6f4d-p9z", API_PORT, ipv6="fd00:96::20")
-    return ClusterSpec(nodes=node_specs, services=(service,))
+    return ClusterSpec(nodes=node_specs, services=(service,), externals=(ExternalSpec("partner-api"),))
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +80,7 @@ class TrafficPlan:
     db: str = "db-0"
     client: str = "loadgen-5c8b-q4t"
     api_service: str | None = "api"  # nginx proxies through this Service's ClusterIP (None: the api pod)
+    external: str | None = "partner-api"  # an external host the client also calls (None: none)
     curl_rate_per_s: float = 4.0
     client_rate_per_s: float = 4.0
     long_lived_ping_s: float = 2.0
@@ -89,7 +100,7 @@ class TrafficPlan:
 class TrafficLedgerEntry:
     """One connection the Python client made, as the client itself saw it."""
 
-    kind: str  # http6 | static | refused | reset | long
+    kind: str  # http6 | static | refused | reset | long | external
     client: tuple[str, int]
     server: tuple[str, int]
     outcome: str  # closed | refused | reset | open | error
@@ -139,12 +150,18 @@ class RunningTraffic:
         else:
             upstream = f"{api.ipv4}:{API_PORT}"
         py = [sys.executable, "-m", "podwire.demo.traffic"]
+        ext: External | None = c.external(plan.external) if plan.external else None
+        if ext is not None:
+            self._spawn("partner", ext.name, [*py, "api", "--port", str(API_PORT)])
         self._spawn("db", db, [*py, "db", "--port", str(DB_PORT)])
         self._spawn("api", api, [*py, "api", "--port", str(API_PORT), "--db", f"{db.ipv4}:{DB_PORT}"])
         conf = write_nginx_config(self.workdir / "nginx", upstream)
         self._spawn("nginx", frontend, ["nginx", "-p", str(conf.parent), "-c", str(conf), "-e", "stderr"])
-        for name, pod, port in (("db", db, DB_PORT), ("api", api, API_PORT), ("nginx", frontend, 80)):
-            self._wait_listening(name, pod, port, ready_timeout_s)
+        servers = [("db", db.ipv4, DB_PORT), ("api", api.ipv4, API_PORT), ("nginx", frontend.ipv4, 80)]
+        if ext is not None:
+            servers.append(("partner", ext.ipv4, API_PORT))
+        for name, address, port in servers:
+            self._wait_listening(name, address, port, ready_timeout_s)
 
         rate = f"{max(1, round(plan.curl_rate_per_s * 60))}/m"
         url = f"http://{frontend.ipv4}/?i=[1-100000000]"
@@ -174,6 +191,7 @@ class RunningTraffic:
                 str(plan.client_rate_per_s),
                 "--ping",
                 str(plan.long_lived_ping_s),
+                *(["--external", f"{ext.ipv4}:{API_PORT}"] if ext is not None else []),
             ],
             stdout=subprocess.PIPE,
         )
@@ -190,19 +208,19 @@ class RunningTraffic:
         self.processes[name] = proc
         return proc
 
-    def _wait_listening(self, name: str, pod: Pod, port: int, timeout: float) -> None:
+    def _wait_listening(self, name: str, address: str, port: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             proc = self.processes[name]
             if proc.poll() is not None:
                 raise ClusterError(f"{name} exited with status {proc.returncode}: {self._log_tail(name)}")
             try:
-                self.cluster.call(self.plan.client, _probe, pod.ipv4, port)
+                self.cluster.call(self.plan.client, _probe, address, port)
                 return
             except OSError:
                 if time.monotonic() > deadline:
                     raise ClusterError(
-                        f"{name} is not listening on {pod.ipv4}:{port} after {timeout}s"
+                        f"{name} is not listening on {address}:{port} after {timeout}s"
                     ) from None
                 time.sleep(0.05)
 
@@ -238,8 +256,8 @@ class RunningTraffic:
         stop = stop or threading.Event()
         deadline = None if duration_s is None else time.monotonic() + duration_s
         while not stop.is_set():
-            for name in ("db", "api", "nginx"):
-                if self.processes[name].poll() is not None:
+            for name in ("db", "api", "nginx", "partner"):
+                if name in self.processes and self.processes[name].poll() is not None:
                     raise ClusterError(f"{name} died: {self._log_tail(name)}")
             left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
             if left <= 0:
@@ -251,7 +269,7 @@ class RunningTraffic:
         if self._stopped:
             return
         self._stopped = True
-        for group in (("curl", "client"), ("nginx", "api", "db")):
+        for group in (("curl", "client"), ("nginx", "api", "db", "partner")):
             procs = [self.processes[n] for n in group if n in self.processes]
             for proc in procs:
                 if proc.poll() is None:
@@ -332,8 +350,8 @@ def _split_hostport(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def serve_api(port: int, db: tuple[str, int]) -> None:
-    """GET / asks the db for 2 KiB and answers with it; GET /bytes/N answers N bytes."""
+def serve_api(port: int, db: tuple[str, int] | None) -> None:
+    """GET / asks the db for 2 KiB and answers with it (no db: "ok"); GET /bytes/N answers N bytes."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.0"
@@ -341,6 +359,8 @@ def serve_api(port: int, db: tuple[str, int]) -> None:
         def do_GET(self) -> None:
             if self.path.startswith("/bytes/"):
                 body = b"b" * min(int(self.path.rsplit("/", 1)[1] or 0), 64 << 20)
+            elif db is None:
+                body = b"ok\n"
             else:
                 try:
                     with socket.create_connection(db, timeout=3) as sock:
@@ -403,7 +423,7 @@ def _read_to_eof(sock: socket.socket) -> bytes:
 class _Client:
     """The Python client: one action per tick, cycling; one long-lived connection beside them."""
 
-    ACTIONS = ("http6", "static", "refused", "http6", "reset")
+    ACTIONS = ("http6", "static", "refused", "http6", "reset", "external")
 
     def __init__(self, args: argparse.Namespace, out: IO[str]) -> None:
         self.args = args
@@ -461,6 +481,20 @@ class _Client:
             self.record(kind, sock, (host, 80), "error", 0, 0, start)
         finally:
             conn.close()
+
+    def external(self) -> None:
+        host, port = _split_hostport(self.args.external)
+        start = time.time()
+        request = b"GET /bytes/1500 HTTP/1.0\r\n\r\n"
+        try:
+            with socket.create_connection((host, port), timeout=5) as sock:
+                name = sock.getsockname()
+                sock.sendall(request)
+                received = len(_read_to_eof(sock))
+            local = (str(name[0]), int(name[1]))
+            self.record("external", None, (host, port), "closed", len(request), received, start, local)
+        except OSError:
+            self.record("external", None, (host, port), "error", 0, 0, start)
 
     def refused(self) -> None:
         host, port = _split_hostport(self.args.closed)
@@ -536,6 +570,9 @@ class _Client:
                 self.http("static", self.args.frontend, "/static/large" if tick % 2 else "/static/small")
             elif action == "refused":
                 self.refused()
+            elif action == "external":
+                if self.args.external:
+                    self.external()
             else:
                 self.reset()
             tick += 1
@@ -547,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="role", required=True)
     api = sub.add_parser("api")
     api.add_argument("--port", type=int, default=API_PORT)
-    api.add_argument("--db", required=True, metavar="HOST:PORT")
+    api.add_argument("--db", metavar="HOST:PORT")
     db = sub.add_parser("db")
     db.add_argument("--port", type=int, default=DB_PORT)
     client = sub.add_parser("client")
@@ -555,9 +592,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         client.add_argument(flag, required=True)
     client.add_argument("--rate", type=float, default=4.0)
     client.add_argument("--ping", type=float, default=2.0)
+    client.add_argument("--external", metavar="HOST:PORT")
     args = parser.parse_args(argv)
     if args.role == "api":
-        serve_api(args.port, _split_hostport(args.db))
+        serve_api(args.port, _split_hostport(args.db) if args.db else None)
     elif args.role == "db":
         serve_db(args.port)
     else:
