@@ -58,7 +58,7 @@ Semantics (the contract other rooms rely on):
 Hot-path notes: `feed` returns the shared empty tuple when nothing is emitted; phases are
 OrderedDicts (insertion order = time order, O(1) pops from the front, where a plain dict's
 `next(iter(d))` degrades to O(n) after many front deletions); records are built through
-the slots' descriptors because frozen dataclass __init__ costs ~3 us for ConnectionRecord.
+a same-layout twin class (see below) because frozen dataclass __init__ costs ~3 us.
 """
 
 from __future__ import annotations
@@ -160,9 +160,12 @@ class TrackerStats:
 
 
 # --- fast constructors for the frozen, slotted value types -----------------------------
-# A frozen dataclass __init__ goes through object.__setattr__ per field (~3 us for the
-# 17 fields of ConnectionRecord).  Writing through the slot descriptors gives an equal object
-# in about half the time.  If the model's fields ever change, fall back to the real class.
+# A frozen dataclass __init__ goes through object.__setattr__ per field: ~2.8 us for the 17
+# fields of ConnectionRecord, more than the rest of a connection's tracking.  Instead we fill
+# a plain "twin" class with the same __slots__ (plain attribute stores) and then assign
+# __class__, which Python allows between classes of identical layout.  The result IS a
+# ConnectionRecord (type, ==, hash, frozenness), built in ~0.4 us.  If the model's fields
+# ever change, or the layouts stop matching, we fall back to the real constructors.
 
 _RECORD_FIELDS = (
     "point", "client", "server", "network_type", "start_time", "end_time", "duration_s",
@@ -177,94 +180,123 @@ _OPENED_FIELDS = (
 _ENDPOINT_FIELDS = ("address", "port")
 
 
-def _fields_match(cls: type, names: tuple[str, ...]) -> bool:
-    return tuple(f.name for f in dataclasses.fields(cls)) == names and all(
-        hasattr(cls.__dict__.get(n), "__set__") for n in names
-    )
-
-
-def _setters(cls: type, names: tuple[str, ...]) -> list[Callable[[Any, Any], None]]:
-    return [cls.__dict__[n].__set__ for n in names]
+def _twin(cls: type, names: tuple[str, ...]) -> type | None:
+    """A mutable class with cls's slot layout, or None if cls is not the expected shape."""
+    if tuple(f.name for f in dataclasses.fields(cls)) != names or cls.__mro__[1:] != (object,):
+        return None
+    if getattr(cls, "__slots__", None) != names:
+        return None
+    return type("_" + cls.__name__ + "Twin", (), {"__slots__": names})
 
 
 def _record_maker() -> Callable[..., ConnectionRecord]:
-    if not _fields_match(ConnectionRecord, _RECORD_FIELDS):
+    twin = _twin(ConnectionRecord, _RECORD_FIELDS)
+    if twin is None:
         return ConnectionRecord
-    (s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15, s16) = _setters(
-        ConnectionRecord, _RECORD_FIELDS
-    )
     new = object.__new__
     cls = ConnectionRecord
 
     def make(
-        a0: Any, a1: Any, a2: Any, a3: Any, a4: Any, a5: Any, a6: Any, a7: Any, a8: Any,
-        a9: Any, a10: Any, a11: Any, a12: Any, a13: Any, a14: Any, a15: Any, a16: Any,
+        point: int, client: Endpoint, server: Endpoint, network_type: str, start_time: float | None,
+        end_time: float | None, duration_s: float | None, outcome: Outcome,
+        close_initiator: CloseInitiator | None, bytes_client_to_server: int | None,
+        bytes_server_to_client: int | None, handshake_rtt_s: float | None,
+        started_before_capture: bool, client_guessed: bool, client_isn: int | None,
+        server_isn: int | None, observed_side: Side | None,
     ) -> ConnectionRecord:  # fmt: skip
-        o = new(cls)
-        s0(o, a0)
-        s1(o, a1)
-        s2(o, a2)
-        s3(o, a3)
-        s4(o, a4)
-        s5(o, a5)
-        s6(o, a6)
-        s7(o, a7)
-        s8(o, a8)
-        s9(o, a9)
-        s10(o, a10)
-        s11(o, a11)
-        s12(o, a12)
-        s13(o, a13)
-        s14(o, a14)
-        s15(o, a15)
-        s16(o, a16)
-        return o
+        o: Any = new(twin)
+        o.point = point
+        o.client = client
+        o.server = server
+        o.network_type = network_type
+        o.start_time = start_time
+        o.end_time = end_time
+        o.duration_s = duration_s
+        o.outcome = outcome
+        o.close_initiator = close_initiator
+        o.bytes_client_to_server = bytes_client_to_server
+        o.bytes_server_to_client = bytes_server_to_client
+        o.handshake_rtt_s = handshake_rtt_s
+        o.started_before_capture = started_before_capture
+        o.client_guessed = client_guessed
+        o.client_isn = client_isn
+        o.server_isn = server_isn
+        o.observed_side = observed_side
+        o.__class__ = cls
+        return o  # type: ignore[no-any-return]
 
     return make
 
 
 def _opened_maker() -> Callable[..., ConnectionOpened]:
-    if not _fields_match(ConnectionOpened, _OPENED_FIELDS):
+    twin = _twin(ConnectionOpened, _OPENED_FIELDS)
+    if twin is None:
         return ConnectionOpened
-    s0, s1, s2, s3, s4, s5, s6, s7 = _setters(ConnectionOpened, _OPENED_FIELDS)
     new = object.__new__
     cls = ConnectionOpened
 
-    def make(a0: Any, a1: Any, a2: Any, a3: Any, a4: Any, a5: Any, a6: Any, a7: Any) -> ConnectionOpened:
-        o = new(cls)
-        s0(o, a0)
-        s1(o, a1)
-        s2(o, a2)
-        s3(o, a3)
-        s4(o, a4)
-        s5(o, a5)
-        s6(o, a6)
-        s7(o, a7)
-        return o
+    def make(
+        point: int, client: Endpoint, server: Endpoint, start_time: float | None,
+        handshake_rtt_s: float | None, client_isn: int | None, server_isn: int | None,
+        observed_side: Side | None,
+    ) -> ConnectionOpened:  # fmt: skip
+        o: Any = new(twin)
+        o.point = point
+        o.client = client
+        o.server = server
+        o.start_time = start_time
+        o.handshake_rtt_s = handshake_rtt_s
+        o.client_isn = client_isn
+        o.server_isn = server_isn
+        o.observed_side = observed_side
+        o.__class__ = cls
+        return o  # type: ignore[no-any-return]
 
     return make
 
 
 def _endpoint_maker() -> Callable[[str, int], Endpoint]:
-    if not _fields_match(Endpoint, _ENDPOINT_FIELDS):
+    twin = _twin(Endpoint, _ENDPOINT_FIELDS)
+    if twin is None:
         return Endpoint
-    s0, s1 = _setters(Endpoint, _ENDPOINT_FIELDS)
     new = object.__new__
     cls = Endpoint
 
     def make(address: str, port: int) -> Endpoint:
-        o = new(cls)
-        s0(o, address)
-        s1(o, port)
-        return o
+        o: Any = new(twin)
+        o.address = address
+        o.port = port
+        o.__class__ = cls
+        return o  # type: ignore[no-any-return]
 
     return make
 
 
-_make_record = _record_maker()
-_make_opened = _opened_maker()
-_make_endpoint = _endpoint_maker()
-FAST_CONSTRUCTORS = _make_record is not ConnectionRecord and _make_opened is not ConnectionOpened
+def _checked(maker: Callable[..., Any], cls: type, sample: tuple[Any, ...]) -> Callable[..., Any]:
+    """Use the fast maker only if it builds an object equal to the real constructor's."""
+    try:
+        if maker is not cls and maker(*sample) == cls(*sample):
+            return maker
+    except TypeError:  # layouts differ: __class__ assignment refused
+        pass
+    return cls
+
+
+_EP = Endpoint("0.0.0.0", 0)
+_make_endpoint: Callable[[str, int], Endpoint] = _checked(_endpoint_maker(), Endpoint, ("0.0.0.0", 0))
+_make_opened: Callable[..., ConnectionOpened] = _checked(
+    _opened_maker(), ConnectionOpened, (0, _EP, _EP, 1.0, 0.5, 1, 2, Side.CLIENT)
+)
+_make_record: Callable[..., ConnectionRecord] = _checked(
+    _record_maker(),
+    ConnectionRecord,
+    (0, _EP, _EP, "ipv4", 1.0, 2.0, 1.0, Outcome.CLOSED, None, 1, 2, 0.5, False, False, 1, 2, None),
+)
+FAST_CONSTRUCTORS = (
+    _make_record is not ConnectionRecord
+    and _make_opened is not ConnectionOpened
+    and _make_endpoint is not Endpoint
+)
 
 
 def address_text(addr: bytes) -> str:
@@ -312,7 +344,9 @@ class _Entry:
         "sisn",
         "start",
         "state",
+        "syn_len",  # payload on the SYN (TCP Fast Open): the SYN-ACK may ack it
         "syn_ts",  # last SYN time (Karn)
+        "uid",  # key in the phase dicts
     )
 
     def __init__(
@@ -338,6 +372,8 @@ class _Entry:
         self.guessed = False
         self.client: Endpoint | None = None
         self.server: Endpoint | None = None
+        self.syn_len = 0
+        self.uid = id(self)
 
 
 def _side(from_local: bool | None, sender_is_client: bool) -> Side | None:
@@ -347,20 +383,15 @@ def _side(from_local: bool | None, sender_is_client: bool) -> Side | None:
     return Side.CLIENT if from_local == sender_is_client else Side.SERVER
 
 
-def _bytes_one_way(isn: int | None, fin: int | None, rst: int | None, peer_ack: int | None) -> int | None:
-    if isn is None:
-        return None
-    if fin is not None:
-        return (fin - isn - 1) & _MASK
-    if rst is not None:
-        return (rst - isn - 1) & _MASK
-    if peer_ack is not None:
-        return (peer_ack - isn - 1) & _MASK
-    return None
-
-
 class Tracker:
-    """See the module docstring for the semantics; `transitions.TABLE` for the rules."""
+    """See the module docstring for the semantics; `transitions.TABLE` for the rules.
+
+    Books: `_entries` maps the canonical key to the entry, live or recently finished (state
+    NEW: kept for time_wait_s to absorb late segments).  Each phase (half-open, established,
+    closing, recently finished) is an OrderedDict keyed by the entry's uid, in the order
+    entries entered it, which is time order: timers pop from the front in O(expired), and a
+    phase change hashes one small int instead of a 5-tuple.
+    """
 
     def __init__(self, limits: TrackerLimits | None = None) -> None:
         self.limits = limits = limits or TrackerLimits()
@@ -368,13 +399,13 @@ class Tracker:
         self._max_half_open = limits.max_half_open
         self._max_recent = limits.max_recently_closed
         self._entries: dict[Key, _Entry] = {}
-        self._half_open: OrderedDict[Key, _Entry] = OrderedDict()
-        self._established: OrderedDict[Key, _Entry] = OrderedDict()
-        self._closing: OrderedDict[Key, _Entry] = OrderedDict()
-        self._recent: OrderedDict[Key, _Entry] = OrderedDict()  # finished, absorbing late segments
-        # state -> the phase dict holding entries in that state
-        self._phase: tuple[OrderedDict[Key, _Entry], ...] = (
-            self._recent,  # NEW: never looked up for a live entry
+        self._half_open: OrderedDict[int, _Entry] = OrderedDict()
+        self._established: OrderedDict[int, _Entry] = OrderedDict()
+        self._closing: OrderedDict[int, _Entry] = OrderedDict()
+        self._recent: OrderedDict[int, _Entry] = OrderedDict()
+        # state -> the phase holding entries in that state (NEW: recently finished)
+        self._phase: tuple[OrderedDict[int, _Entry], ...] = (
+            self._recent,
             self._half_open,
             self._established,
             self._closing,
@@ -396,13 +427,15 @@ class Tracker:
         entries = self._entries
         key: Key = seg[1:6]  # (point, src, dst, sport, dport): the forward key
         entry = entries.get(key)
-        if entry is not None:
+        if entry is not None and entry.state:
             from_client = True
         else:
             from_client = False
             point, src, dst, sport, dport = key
-            key = (point, dst, src, dport, sport)
-            entry = entries.get(key)
+            found = entries.get((point, dst, src, dport, sport))
+            if found is not None and (found.state or entry is None):
+                entry = found
+        # Here entry is live, or a finished one on this tuple (state NEW), or None.
         flags = seg.flags
         if flags & RST:
             event = _EV_RST_C if from_client else _EV_RST_S
@@ -411,25 +444,21 @@ class Tracker:
                 return self._anomaly("bad_flags")
             if flags & ACK:
                 event = _EV_SYNACK_C if from_client else _EV_SYNACK
-            elif entry is None or (from_client and seg.seq == entry.cisn):
-                event = _EV_SYN
+            elif entry is None or not entry.state or (from_client and seg.seq == entry.cisn):
+                event = _EV_SYN  # a new SYN, or a retransmit of the live one
             else:
                 event = _EV_SYN_OTHER
         elif flags & FIN:
             event = _EV_FIN_C if from_client else _EV_FIN_S
         else:
             return self._anomaly("no_control_flag")
-        if entry is None:
-            state = _NEW
-            if event >= _EV_FIN_C:  # FIN or RST on an unknown tuple
-                recent = self._recent
-                if key in recent or seg[1:6] in recent:
-                    return self._anomaly("after_close")
-                from_client = guess_client_is_src(seg.sport, seg.dport)
-                if from_client:
-                    event = _EV_FIN_C if event == _EV_FIN_S else _EV_RST_C if event == _EV_RST_S else event
-        else:
-            state = entry.state
+        state = _NEW if entry is None else entry.state
+        if state == _NEW and event >= _EV_FIN_C:  # FIN or RST on a tuple with no live entry
+            if entry is not None:
+                return self._anomaly("after_close")  # e.g. a FIN retransmitted for a lost last ACK
+            if guess_client_is_src(seg.sport, seg.dport):
+                from_client = True
+                event = _EV_FIN_C if event == _EV_FIN_S else _EV_RST_C if event == _EV_RST_S else event
         index = state * N_EVENTS + event
         rule = RULES[index]
         if rule.anomaly is not None:
@@ -456,19 +485,19 @@ class Tracker:
         established = self._established
         limit = self.limits.idle_timeout_s
         while established:
-            key, entry = next(iter(established.items()))
+            entry = established[next(iter(established))]
             if now - entry.since <= limit:
                 break
-            del established[key]
-            del self._entries[key]
+            del established[entry.uid]
+            del self._entries[entry.key]
             self._count(self._anomalies, "idle_expired")
         recent = self._recent
         limit = self.limits.time_wait_s
         while recent:
-            key, entry = next(iter(recent.items()))
+            entry = recent[next(iter(recent))]
             if now - entry.since <= limit:
                 break
-            del recent[key]
+            self._forget(entry)
         return out
 
     def flush(self, now: float) -> list[ConnectionEvent]:
@@ -480,31 +509,35 @@ class Tracker:
             for entry in list(phase.values()):
                 out.append(self._finish(entry, _OPEN, None, None, now))
         self._recent.clear()
+        self._entries.clear()
         self._endpoints.clear()
         self._texts.clear()
         return out
 
     @property
     def stats(self) -> TrackerStats:
+        half_open, established, closing = len(self._half_open), len(self._established), len(self._closing)
         return TrackerStats(
-            entries=len(self._entries),
-            half_open=len(self._half_open),
-            established=len(self._established),
-            closing=len(self._closing),
+            entries=half_open + established + closing,
+            half_open=half_open,
+            established=established,
+            closing=closing,
             recently_closed=len(self._recent),
             evictions=MappingProxyType(dict(self._evictions)),
             anomalies=MappingProxyType(dict(self._anomalies)),
         )
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """Live connections."""
+        return len(self._half_open) + len(self._established) + len(self._closing)
 
     def state_of(self, point: int, a: bytes, a_port: int, b: bytes, b_port: int) -> State:
         """The state of the live connection between a:a_port and b:b_port (either way round)."""
-        entry = self._entries.get((point, a, b, a_port, b_port)) or self._entries.get(
-            (point, b, a, b_port, a_port)
-        )
-        return State.NEW if entry is None else State(entry.state)
+        for key in ((point, a, b, a_port, b_port), (point, b, a, b_port, a_port)):
+            entry = self._entries.get(key)
+            if entry is not None and entry.state:
+                return State(entry.state)
+        return State.NEW
 
     # --- bookkeeping ---------------------------------------------------------------------
 
@@ -516,47 +549,43 @@ class Tracker:
         self._count(self._anomalies, kind)
         return _NONE
 
-    def _admit(self, key: Key, entry: _Entry, phase: OrderedDict[Key, _Entry]) -> None:
-        """Insert a new entry, evicting first if a bound is reached (counted, no record)."""
-        entries = self._entries
-        if phase is self._half_open and len(phase) >= self._max_half_open:
-            self._evict(phase, "half_open")
-        if len(entries) >= self._max_connections:
+    def _admit(self, entry: _Entry, phase: OrderedDict[int, _Entry]) -> None:
+        """Insert a new live entry, evicting first if a bound is reached (counted, no record)."""
+        half_open = self._half_open
+        if phase is half_open and len(half_open) >= self._max_half_open:
+            self._evict(half_open, "half_open")
+        if len(half_open) + len(self._established) + len(self._closing) >= self._max_connections:
             for victims, kind in (
                 (self._established, "established"),
                 (self._closing, "closing"),
-                (self._half_open, "half_open"),
+                (half_open, "half_open"),
             ):
                 if victims:
                     self._evict(victims, kind)
                     break
-        entries[key] = entry
-        phase[key] = entry
+        self._entries[entry.key] = entry  # replaces a finished entry on the same tuple, if any
+        phase[entry.uid] = entry
 
-    def _evict(self, phase: OrderedDict[Key, _Entry], kind: str) -> None:
-        key, _ = phase.popitem(last=False)
-        del self._entries[key]
+    def _evict(self, phase: OrderedDict[int, _Entry], kind: str) -> None:
+        _, victim = phase.popitem(last=False)
+        del self._entries[victim.key]
         self._count(self._evictions, kind)
 
-    def _move(self, entry: _Entry, state: int, ts: float) -> None:
+    def _forget(self, entry: _Entry) -> None:
+        """Drop a finished entry for good (its key may already hold a newer connection)."""
+        del self._recent[entry.uid]
         key = entry.key
-        old = self._phase[entry.state]
-        new = self._phase[state]
-        if old is not new:
-            del old[key]
-            new[key] = entry
-        entry.state = state
-        entry.since = ts
+        if self._entries.get(key) is entry:
+            del self._entries[key]
 
     def _bury(self, entry: _Entry, ts: float) -> None:
-        """Remember a finished connection for time_wait_s (late FIN/RST/SYN-ACK)."""
+        """Keep a finished entry for time_wait_s (late FIN/RST/SYN-ACK), bounded."""
         recent = self._recent
-        key = entry.key
-        if recent.pop(key, None) is None and len(recent) >= self._max_recent:
-            recent.popitem(last=False)
+        if len(recent) >= self._max_recent:
+            self._forget(recent[next(iter(recent))])
         entry.since = ts
         entry.state = _NEW
-        recent[key] = entry
+        recent[entry.uid] = entry
 
     def _endpoint(self, addr: bytes, port: int) -> Endpoint:
         """Endpoints repeat (servers; reused client ports): cache them and the address text."""
@@ -601,8 +630,21 @@ class Tracker:
         elif outcome is _TIMEOUT:
             c2s = s2c = None
         else:
-            c2s = _bytes_one_way(entry.cisn, entry.c_fin, entry.c_rst, entry.s_ack)
-            s2c = _bytes_one_way(entry.sisn, entry.s_fin, entry.s_rst, entry.c_ack)
+            # Best evidence first: own FIN, own RST's seq, then the peer's latest ack.
+            isn = entry.cisn
+            pos = entry.c_fin
+            if pos is None:
+                pos = entry.c_rst
+                if pos is None:
+                    pos = entry.s_ack
+            c2s = None if isn is None or pos is None else (pos - isn - 1) & _MASK
+            isn = entry.sisn
+            pos = entry.s_fin
+            if pos is None:
+                pos = entry.s_rst
+                if pos is None:
+                    pos = entry.c_ack
+            s2c = None if isn is None or pos is None else (pos - isn - 1) & _MASK
         start = entry.start
         key = entry.key
         return _make_record(
@@ -633,32 +675,30 @@ class Tracker:
         initiator: CloseInitiator | None,
         now: float,
     ) -> ConnectionRecord:
-        """Remove a live entry, build its record and remember it as recently closed."""
-        key = entry.key
-        del self._entries[key]
-        del self._phase[entry.state][key]
+        """End a live entry: build its record, keep it as recently finished."""
+        del self._phase[entry.state][entry.uid]
         record = self._record(entry, outcome, end, initiator)
         self._bury(entry, now)
         return record
 
-    def _new_key(self, seg: Segment, sender_is_client: bool) -> Key:
+    @staticmethod
+    def _new_key(seg: Segment, sender_is_client: bool) -> Key:
         if sender_is_client:
             return seg[1:6]
         return (seg.point, seg.dst, seg.src, seg.dport, seg.sport)
 
     # --- actions (named by the table) ------------------------------------------------------
+    # `entry` is the live entry; in state NEW it is the finished entry on the tuple, or None.
 
     def _do_ignore(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
         return _NONE
 
     def _do_new_half_open(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
-        key: Key = seg[1:6]
-        tomb = self._recent.get(key)
-        if tomb is not None and tomb.cisn == seg.seq:
+        if entry is not None and not entry.state and entry.cisn == seg.seq and entry.key == seg[1:6]:
             return self._anomaly("late_syn")  # a retransmit of a connection already reported
-        ts = seg.ts
-        new = _Entry(key, _HALF_OPEN, ts, seg.seq, None, _side(seg.from_local, True))
-        self._admit(key, new, self._half_open)
+        new = _Entry(seg[1:6], _HALF_OPEN, seg.ts, seg.seq, None, _side(seg.from_local, True))
+        new.syn_len = seg.payload_len
+        self._admit(new, self._half_open)
         return _NONE
 
     def _do_syn_retransmit(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
@@ -683,23 +723,26 @@ class Tracker:
 
     def _do_open(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
         assert entry is not None and entry.cisn is not None
-        if (seg.ack - entry.cisn - 1) & _MASK:
+        if ((seg.ack - entry.cisn - 1) & _MASK) > entry.syn_len:  # TFO: may ack the SYN's data
             return self._anomaly("ack_mismatch")  # answers some other SYN
         ts = seg.ts
         entry.sisn = seg.seq
         entry.rtt = ts - entry.syn_ts
-        self._move(entry, _ESTABLISHED, ts)
+        uid = entry.uid
+        del self._half_open[uid]
+        self._established[uid] = entry
+        entry.state = _ESTABLISHED
+        entry.since = ts
         return (self._opened(entry),)
 
     def _do_new_from_synack(
         self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule
     ) -> Events:
         key = self._new_key(seg, False)  # the SYN-ACK's sender is the server
-        tomb = self._recent.get(key)
-        if tomb is not None and tomb.sisn == seg.seq:
+        if entry is not None and entry.sisn == seg.seq and entry.key == key:
             return self._anomaly("late_synack")
         new = _Entry(key, _ESTABLISHED, seg.ts, (seg.ack - 1) & _MASK, seg.seq, _side(seg.from_local, False))
-        self._admit(key, new, self._established)
+        self._admit(new, self._established)
         return (self._opened(new),)
 
     def _do_dup_synack(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
@@ -711,20 +754,28 @@ class Tracker:
     def _do_fin_first(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
         assert entry is not None
         self._note_fin(entry, seg, from_client)
-        entry.first = _CLIENT if from_client else _SERVER
-        self._move(entry, rule.next_state, seg.ts)
+        uid = entry.uid
+        del self._phase[entry.state][uid]  # half-open or established, never closing
+        self._closing[uid] = entry
+        entry.state = rule.next_state
+        entry.since = seg.ts
         return _NONE
 
     def _do_new_midstream_fin(
         self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule
     ) -> Events:
-        key = self._new_key(seg, from_client)
-        new = _Entry(key, rule.next_state, seg.ts, None, None, _side(seg.from_local, from_client))
+        new = _Entry(
+            self._new_key(seg, from_client),
+            rule.next_state,
+            seg.ts,
+            None,
+            None,
+            _side(seg.from_local, from_client),
+        )
         new.start = None
         new.before = new.guessed = True
         self._note_fin(new, seg, from_client)
-        new.first = _CLIENT if from_client else _SERVER
-        self._admit(key, new, self._closing)
+        self._admit(new, self._closing)
         return _NONE
 
     def _do_fin_again(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
@@ -736,10 +787,20 @@ class Tracker:
 
     def _do_fin_second(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
         assert entry is not None
-        self._note_fin(entry, seg, from_client)
-        first_end = entry.s_fin if from_client else entry.c_fin
+        flags = seg.flags
+        end = (seg.seq + seg.payload_len) & _MASK
+        if from_client:
+            entry.c_fin = end
+            first_end = entry.s_fin
+            if flags & ACK:
+                entry.c_ack = seg.ack
+        else:
+            entry.s_fin = end
+            first_end = entry.c_fin
+            if flags & ACK:
+                entry.s_ack = seg.ack
         initiator = entry.first
-        if not seg.flags & ACK:
+        if not flags & ACK:
             self._count(self._anomalies, "fin_without_ack")
         elif first_end is not None and ((seg.ack - first_end - 1) & _MASK) >= _HALF:
             initiator = _BOTH  # sent before the first FIN arrived: simultaneous close
@@ -763,18 +824,20 @@ class Tracker:
 
     def _do_refuse(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
         assert entry is not None and entry.cisn is not None
-        if seg.flags & ACK and (seg.ack - entry.cisn - 1) & _MASK:
+        if seg.flags & ACK and ((seg.ack - entry.cisn - 1) & _MASK) > entry.syn_len:
             return self._anomaly("ack_mismatch")  # the client would drop it too
         return (self._finish(entry, _REFUSED, seg.ts, None, seg.ts),)
 
     def _do_midstream_reset(
         self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule
     ) -> Events:
-        key = self._new_key(seg, from_client)
-        new = _Entry(key, _NEW, seg.ts, None, None, _side(seg.from_local, from_client))
+        new = _Entry(
+            self._new_key(seg, from_client), _NEW, seg.ts, None, None, _side(seg.from_local, from_client)
+        )
         new.start = None
         new.before = new.guessed = True
         record = self._record(new, _RESET, seg.ts, _CLIENT if from_client else _SERVER)
+        self._entries[new.key] = new  # finished at once: absorbs the RSTs that often follow
         self._bury(new, seg.ts)
         return (record,)
 
@@ -783,9 +846,11 @@ class Tracker:
         end = (seg.seq + seg.payload_len) & _MASK
         if from_client:
             entry.c_fin = end
+            entry.first = entry.first or _CLIENT
             if seg.flags & ACK:
                 entry.c_ack = seg.ack
         else:
             entry.s_fin = end
+            entry.first = entry.first or _SERVER
             if seg.flags & ACK:
                 entry.s_ack = seg.ack
