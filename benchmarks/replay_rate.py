@@ -1,9 +1,10 @@
 """Replay rate: PcapSource + decode in packets/s on one core vs `tshark -q -z conv,tcp` on the same file.
 
-The file is crafted once and cached (benchmarks/.cache/): N short HTTP-like connections (SYN, SYN-ACK,
-ACK, a request, a response of full-size segments with delayed ACKs, FIN/ACK both ways), 10% over
-IPv6, written as `tcpdump -s 128` would (caplen 128, orig len the real frame).  Sequence numbers,
-ports and timestamps are real-looking, so tshark sees one conversation per connection.
+The file is crafted once and cached in ~/.cache/podwire/benchmarks/: N short HTTP-like
+connections (SYN, SYN-ACK, ACK, a request, a response of full-size segments with delayed ACKs,
+FIN/ACK both ways), 10% over IPv6, written as `tcpdump -s 128` would (caplen 128, orig len the
+real frame).  Sequence numbers, ports and timestamps are real-looking, so tshark sees one
+conversation per connection.
 
     .venv/bin/python benchmarks/replay_rate.py [--connections 30000] [--runs 3]
 """
@@ -26,7 +27,7 @@ from podwire.capture.pcap import PcapSource
 from podwire.model import SYN
 
 HERE = Path(__file__).resolve().parent
-CACHE = HERE / ".cache"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "podwire" / "benchmarks"
 RESULTS = HERE / "results"
 SNAP = 128
 
@@ -128,7 +129,7 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=30_000)
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
-    CACHE.mkdir(exist_ok=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(exist_ok=True)
     path = CACHE / f"replay-{args.connections}.pcap"
     if not path.exists():
