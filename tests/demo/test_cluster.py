@@ -431,3 +431,15 @@ def test_external_host_is_reached_from_pods_on_every_node_without_nat(
             seen, echoed, _ = c.call(pod.name, exchange, target, 8080)
             assert seen.decode() == (pod.ipv4 if family == "ipv4" else pod.ipv6)
             assert echoed == PAYLOAD
+
+
+def test_loss_on_a_node_drops_bridged_traffic_between_its_pods(two_pod_cluster: Cluster) -> None:
+    c = two_pod_cluster
+    server = c.pod("server")
+    with echo_server(c, "server"):
+        c.add_loss("node-a", 100)  # default hook "forward": bridged pod-to-pod packets pass it
+        with pytest.raises((TimeoutError, OSError)):
+            c.call("client", socket.create_connection, (server.ipv4, 8080), 1.0)
+        c.remove_loss("node-a")
+        _, echoed, _ = c.call("client", exchange, server.ipv4, 8080)
+    assert echoed == PAYLOAD
