@@ -698,3 +698,65 @@ def test_fast_constructors_build_objects_equal_to_the_dataclasses() -> None:
     assert rec == expected and hash(rec) == hash(expected)
     with pytest.raises(AttributeError):
         rec.outcome = Outcome.RESET  # type: ignore[misc]  # still frozen
+
+
+# --- more edges ----------------------------------------------------------------------------
+
+
+def test_tcp_fast_open_synack_may_ack_the_syn_data() -> None:
+    t = Tracker()
+    sc = Script(cisn=500, sisn=600)
+    syn = sc._seg(1.0, True, sc.cisn, 0, SYN, plen=120)  # SYN carrying 120 bytes (TFO)
+    synack = sc._seg(1.001, False, sc.sisn, sc.cisn + 1 + 120, SYN | ACK)
+    (opened,) = feed_all(t, [syn, synack])
+    assert isinstance(opened, ConnectionOpened)
+    sc.up, sc.down = 120 + 80, 10
+    rec = only_record(feed_all(t, [sc.fin(2.0, True), sc.fin(2.1, False)]))
+    assert (rec.bytes_client_to_server, rec.bytes_server_to_client) == (200, 10)
+
+
+def test_synack_after_the_syn_timed_out_starts_a_synack_connection() -> None:
+    t = Tracker(TrackerLimits(syn_timeout_s=5.0))
+    sc = Script(cisn=1, sisn=2)
+    feed_all(t, [sc.syn(1.0)])
+    (timeout,) = records(t.expire(7.0))
+    assert timeout.outcome == Outcome.TIMEOUT
+    (opened,) = feed_all(t, [sc.synack(7.5)])  # the server finally answered
+    assert isinstance(opened, ConnectionOpened)
+    assert (opened.client_isn, opened.start_time, opened.handshake_rtt_s) == (1, 7.5, None)
+    assert feed_all(t, [sc.synack(7.6)]) == []  # its retransmit is a duplicate
+
+
+def test_syn_from_the_server_side_on_a_live_tuple_starts_a_reversed_connection() -> None:
+    t = Tracker()
+    sc = Script(cisn=1, sisn=2)
+    feed_all(t, [sc.syn(1.0), sc.synack(1.1)])
+    back = Script(cisn=77, sisn=88, client=sc.server, server=sc.client)
+    (old,) = feed_all(t, [back.syn(2.0)])
+    assert isinstance(old, ConnectionRecord) and old.outcome == Outcome.OPEN
+    (opened,) = feed_all(t, [back.synack(2.1)])
+    assert isinstance(opened, ConnectionOpened)
+    assert opened.client == Endpoint("10.0.0.2", 80) and opened.server == Endpoint("10.0.0.1", 40000)
+
+
+def test_recently_closed_memory_is_bounded() -> None:
+    t = Tracker(TrackerLimits(max_recently_closed=10))
+    for i in range(100):
+        sc = Script(cisn=i, sisn=i, client=(A, 30000 + i))
+        feed_all(t, [sc.syn(1.0 + i), sc.synack(1.0 + i), sc.fin(1.5 + i, True), sc.fin(1.6 + i, False)])
+    assert t.stats.recently_closed == 10
+    assert len(t._entries) == 10 and len(t) == 0
+
+
+def test_expire_leaves_young_entries_of_every_phase_alone() -> None:
+    t = Tracker(TrackerLimits(syn_timeout_s=10, closing_timeout_s=10, idle_timeout_s=10, time_wait_s=10))
+    old = [Script(cisn=i, sisn=i, client=(A, 30000 + i)) for i in range(3)]
+    young = [Script(cisn=i, sisn=i, client=(A, 31000 + i)) for i in range(3)]
+    for base, group in ((0.0, old), (100.0, young)):
+        feed_all(t, [group[0].syn(base)])
+        feed_all(t, [group[1].syn(base), group[1].synack(base)])
+        feed_all(t, [group[2].syn(base), group[2].synack(base), group[2].fin(base, True)])
+    events = t.expire(105.0)
+    assert sorted(r.outcome for r in records(events)) == [Outcome.CLOSED, Outcome.TIMEOUT]
+    assert t.stats.anomalies["idle_expired"] == 1
+    assert (t.stats.half_open, t.stats.established, t.stats.closing) == (1, 1, 1)

@@ -33,7 +33,8 @@ Semantics (the contract other rooms rely on):
   end position (seq + payload) was already seen is a retransmit and ignored.
 * RST after the handshake -> RESET, initiator = first FIN-or-RST sender.  RST from the server
   side before any SYN-ACK -> REFUSED (bytes 0/0, initiator None); if it carries ACK, the
-  ack must be client ISN + 1 (else "ack_mismatch", ignored).
+  ack must be client ISN + 1 (else "ack_mismatch", ignored).  The SYN-ACK's ack must be
+  client ISN + 1 too (up to the SYN's own payload, for TCP Fast Open).
 * Mid-stream (FIN or RST on an unknown tuple): started_before_capture, start_time None,
   bytes None, client_guessed; emitted at the second FIN or a RST, duration None.  Role guess:
   each port gets a class (well-known < 1024 < registered < 32768 <= ephemeral); the server
@@ -46,13 +47,18 @@ Semantics (the contract other rooms rely on):
   control packets are seen, so "idle" means no control packet since the handshake).
 * `flush`: runs `expire(now)`, then half-open -> TIMEOUT, established or one FIN seen ->
   OPEN (end_time/duration None, close_initiator None, bytes from FINs/RSTs/acks or None).
-* After a connection ends its entry is kept for time_wait_s (bounded) so that late
-  retransmitted FINs/RSTs/SYN-ACKs are counted ("after_close", "late_syn", "late_synack")
-  instead of starting phantom mid-stream connections.
+* After a connection ends its entry is kept for time_wait_s (bounded by
+  max_recently_closed) so that late retransmitted FINs/RSTs/SYN-ACKs are counted
+  ("after_close", "late_syn", "late_synack") instead of starting phantom mid-stream
+  connections.  A SYN with a new ISN, or a SYN-ACK with a new server ISN, on such a tuple
+  starts a new connection at once (a SYN-ACK arriving after its SYN timed out is reported
+  as a SYN-ACK-started connection).
 * Bounded: half-open table full -> its oldest entry is evicted; whole table full -> the
   oldest established entry (then closing, then half-open).  Evicted entries produce no
   record; every eviction is counted by the phase it was evicted from.
-* observed_side comes from the `from_local` of the segment that fixed the roles.
+* observed_side comes from the `from_local` of the segment that fixed the roles: the
+  capture point sits at the CLIENT when the client's SYN came from the local workload.
+* Several capture points never share entries: the point is part of the key.
 * Hostile input never raises: odd segments are counted in stats.anomalies by kind.
 
 Hot-path notes: `feed` returns the shared empty tuple when nothing is emitted; phases are

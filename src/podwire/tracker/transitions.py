@@ -26,10 +26,12 @@ Events are classified relative to the entry (client = SYN sender):
     RST_C/RST_S  RST from the client / the server (RST wins over any other flag)
 
 Guards that the table cannot express live in the action and are documented there: `open`
-needs the SYN-ACK's ack to equal client ISN + 1 (else anomaly "ack_mismatch", ignored);
-`refuse` needs an ack of client ISN + 1 when the RST carries ACK (else "ack_mismatch",
-ignored); `fin_again` counts "fin_seq_changed" when the FIN's end position moved; `dup_synack`
-counts "synack_new_isn" when the server ISN differs.
+needs the SYN-ACK's ack to equal client ISN + 1, up to the SYN's payload for TCP Fast Open
+(else anomaly "ack_mismatch", ignored); `refuse` needs the same of a RST that carries ACK
+(else "ack_mismatch", ignored); in NEW, a finished connection kept on the tuple turns late
+FIN/RST into "after_close", a same-ISN SYN into "late_syn" and a same-ISN SYN-ACK into
+"late_synack" (all ignored); `fin_again` counts "fin_seq_changed" when the FIN's end
+position moved; `dup_synack` counts "synack_new_isn" when the server ISN differs.
 """
 
 from __future__ import annotations
