@@ -36,7 +36,8 @@ class Contract:
 
 
 def _constants_with_comments(source: str) -> list[tuple[str, str, str]]:
-    """(constant, value, trailing comment) for each `NAME: Final = "value"  # comment`."""
+    """(constant, value, comment) for each `NAME: Final = "value"`; the comment is the one
+    on the same line, else a plain comment line right above (not a `# ---` header)."""
     lines = source.splitlines()
     out = []
     for node in ast.parse(source).body:
@@ -47,7 +48,11 @@ def _constants_with_comments(source: str) -> list[tuple[str, str, str]]:
             and isinstance(node.value.value, str)
         ):
             line = lines[node.lineno - 1]
-            comment = line.split("#", 1)[1].strip() if "#" in line else ""
+            if "#" in line:
+                comment = line.split("#", 1)[1].strip()
+            else:
+                above = lines[node.lineno - 2].strip() if node.lineno >= 2 else ""
+                comment = above[1:].strip() if above.startswith("#") and not above.startswith("# ---") else ""
             out.append((node.target.id, node.value.value, comment))
     return out
 
@@ -78,7 +83,16 @@ LABEL_CONSTANTS = (
 def _is_metric(const: str, comment: str) -> bool:
     first = comment.split()[0] if comment else ""
     return first.startswith(("podwire_", "traces_", "...")) or (
-        const.startswith("SG_REQUEST") and not comment
+        const.startswith("SG_REQUEST") and (not comment or comment.startswith("histogram"))
+    )
+
+
+def _is_histogram(const: str, name: str, comment: str) -> bool:
+    return (
+        name.endswith("_bucket")
+        or "histogram" in comment
+        or ("DURATION" in const and not name.endswith("_total"))
+        or (not comment and name.endswith("_seconds"))
     )
 
 
@@ -99,14 +113,10 @@ def load_contract(path: Path = NAMES_PY) -> Contract:
         first = comment.split()[0] if comment else ""
         for group in re.findall(r"\{([^}]*)\}", first):
             labels.update(x.strip() for x in group.split(",") if x.strip())
-        name = _expand(base, first) if first else base
-        if name.endswith("_bucket"):
-            family = name[: -len("_bucket")]
-        elif not first and name.endswith("_seconds"):
-            family = name  # service-graph histograms are named without a comment
-        else:
-            family = ""
-        if family:
+        name = _expand(base, first) if first.startswith(("podwire_", "traces_", "...")) else base
+        name = name.rstrip(":,")
+        if _is_histogram(const, name, comment):
+            family = name.removesuffix("_bucket")
             histograms.add(family)
             series.update({family + "_bucket", family + "_sum", family + "_count"})
             instruments.append((family, value, "histogram"))
