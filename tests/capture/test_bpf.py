@@ -124,3 +124,20 @@ def test_snaplen_is_the_accept_value_and_reject_stays_zero() -> None:
     rets = {k for code, _jt, _jf, k in prog.instructions if code == 0x06}
     assert rets == {0, 300}
     assert run(prog.instructions, raw(ETH / V4 / tcp("S"))) == 300
+
+
+def test_raw_ip_program_matches_tcpdump_and_has_no_vlan_part() -> None:
+    prog = compile_program(FilterOptions(), linktype=12)
+    assert "vlan" not in prog.expression
+    out = subprocess.run(
+        ["tcpdump", "-ddd", "-y", "RAW", "-s", str(prog.snaplen), prog.expression],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split("\n")
+    assert prog.instructions == tuple(
+        tuple(int(v) for v in line.split()) for line in out[1 : 1 + int(out[0])]
+    )
+    assert run(prog.instructions, raw(V4 / tcp("S"))) == SNAPLEN_CONTROL
+    assert run(prog.instructions, raw(V6 / tcp("R"))) == SNAPLEN_CONTROL
+    assert run(prog.instructions, raw(V4 / tcp("A"))) == 0

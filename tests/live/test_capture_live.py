@@ -3,6 +3,7 @@ bulk data kept out of Python, and kernel statistics read."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import struct
@@ -322,3 +323,35 @@ def test_kernel_drops_are_read_from_packet_statistics(pods: Pods) -> None:
         assert cap.stats().kernel_drops == stats.kernel_drops  # accumulated, not reset by the read
     finally:
         cap.close()
+
+
+def test_tun_interface_gets_the_raw_ip_filter_and_decoder(pods: Pods) -> None:
+    # veth_only off and a name pattern: a tun device (no link header, ARPHRD_NONE) is captured too.
+    if not os.path.exists("/dev/net/tun"):
+        pytest.skip("no /dev/net/tun")
+    tun = pods.prefix + "t0"
+    subprocess.run(["ip", "-n", pods.node, "tuntap", "add", "name", tun, "mode", "tun"], check=True)
+    subprocess.run(["ip", "-n", pods.node, "link", "set", tun, "up"], check=True)
+    with netns.inside(pods.node):
+        fd = os.open("/dev/net/tun", os.O_RDWR)
+    try:
+        fcntl.ioctl(
+            fd, 0x400454CA, struct.pack("16sH", tun.encode(), 0x0001 | 0x1000)
+        )  # TUNSETIFF, TUN|NO_PI
+        cap = LiveCapture(Settings(netns=pods.node, veth_only=False, interface_include=f"^{tun}$"))
+        try:
+            assert [c.name for c in cap.interfaces()] == [tun]
+            v4 = IP(src="10.250.0.2", dst="10.250.0.1")
+            for pkt in (
+                v4 / TCP(sport=4001, flags="S"),
+                v4 / TCP(sport=4002, flags="A") / b"data",
+                IPv6(src="fd00:250::2", dst="fd00:250::1") / TCP(sport=4003, flags="R"),
+            ):
+                os.write(fd, raw(pkt))
+            segs, _ = drain(cap, 0.3)
+            assert [(s.sport, s.flags, len(s.src)) for s in segs] == [(4001, SYN, 4), (4003, RST, 16)]
+            assert cap.stats().packets == 2 and cap.stats().decode_errors == 0
+        finally:
+            cap.close()
+    finally:
+        os.close(fd)

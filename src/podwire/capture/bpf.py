@@ -71,28 +71,34 @@ class BpfProgram:
         del code
 
 
-def expression(options: FilterOptions) -> str:
-    """The pcap-filter text for `options`: the parts, then the same parts behind one VLAN tag."""
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 12  # DLT_RAW: interfaces without a link header (tun, WireGuard)
+
+
+def expression(options: FilterOptions, vlan: bool = True) -> str:
+    """The pcap-filter text for `options`: the parts, then (Ethernet) the same parts behind one VLAN tag."""
     parts = [_TCP4_CONTROL, _TCP6_CONTROL]
     if options.dns_answers:
         parts.append(_DNS_ANSWERS)
     parts.extend(f"({part})" for part in options.extra_parts)
     core = " or ".join(parts)
-    return f"{core} or (vlan and ({core}))"
+    return f"{core} or (vlan and ({core}))" if vlan else core
 
 
-def compile_program(options: FilterOptions, snaplen: int | None = None) -> BpfProgram:
-    """Compile with libpcap (EN10MB link type) and set the accept length to `snaplen`."""
+def compile_program(
+    options: FilterOptions, snaplen: int | None = None, linktype: int = LINKTYPE_ETHERNET
+) -> BpfProgram:
+    """Compile with libpcap for `linktype` (EN10MB or RAW) and set the accept length to `snaplen`."""
     if snaplen is None:
         snaplen = SNAPLEN_DNS if options.dns_answers else SNAPLEN_CONTROL
-    text = expression(options)
+    text = expression(options, vlan=linktype == LINKTYPE_ETHERNET)
     try:
         from scapy.arch.common import compile_filter
         from scapy.error import Scapy_Exception
     except ImportError as exc:  # pragma: no cover - scapy is a hard dependency
         raise BpfError(f"cannot compile the capture filter: {exc}") from exc
     try:
-        prog = compile_filter(text, linktype=1)
+        prog = compile_filter(text, linktype=linktype)
     except (Scapy_Exception, ImportError, OSError) as exc:
         raise BpfError(f"cannot compile the capture filter (is libpcap0.8 installed?): {exc}") from exc
     insns: list[tuple[int, int, int, int]] = []

@@ -30,6 +30,7 @@ from podwire import log
 _log = log.get("podwire.capture.interfaces")
 
 RTMGRP_LINK = 0x1
+ARPHRD_ETHER = 1
 _RCVBUF = 1 << 20  # room for a burst of link events (many pods created at once)
 
 
@@ -39,6 +40,7 @@ class Link:
     name: str
     kind: str | None  # IFLA_INFO_KIND: "veth", "bridge", ... None for plain devices
     peer_netnsid: int | None  # IFLA_LINK_NETNSID: set when the peer is in another netns
+    hatype: int = ARPHRD_ETHER  # ifi_type: ARPHRD_ETHER, ARPHRD_NONE (tun), ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +77,14 @@ def link_from_message(msg: Any) -> Link | None:
     if info is not None:
         kind = info.get("IFLA_INFO_KIND")
     netnsid = msg.get("IFLA_LINK_NETNSID")
-    return Link(int(msg["index"]), str(name), kind, None if netnsid is None else int(netnsid))
+    hatype = msg.get("ifi_type")
+    return Link(
+        int(msg["index"]),
+        str(name),
+        kind,
+        None if netnsid is None else int(netnsid),
+        ARPHRD_ETHER if hatype is None else int(hatype),
+    )
 
 
 class InterfaceWatch:

@@ -12,14 +12,15 @@ the caller's thread returns to its own namespace at once and the sockets stay be
 from __future__ import annotations
 
 import contextlib
+import mmap
 import selectors
 import time
 from dataclasses import dataclass
 
 from podwire import log
 from podwire.capture import netns
-from podwire.capture.afpacket import RingSocket
-from podwire.capture.bpf import BpfProgram, FilterOptions, compile_program
+from podwire.capture.afpacket import Decode, RingSocket
+from podwire.capture.bpf import LINKTYPE_ETHERNET, LINKTYPE_RAW, BpfProgram, FilterOptions, compile_program
 from podwire.capture.decode import Decoder
 from podwire.capture.interfaces import InterfaceWatch, Link, LinkChange, LinkFilter
 from podwire.config import Settings
@@ -28,6 +29,15 @@ from podwire.model import Batch, Segment
 _log = log.get("podwire.capture.live")
 
 _STATS_EVERY_S = 1.0  # PACKET_STATISTICS read at most this often from poll()
+_PAGE = mmap.PAGESIZE
+
+# ifi_type -> the pcap link type the kernel hands SOCK_RAW readers (and the filter is compiled for).
+_LINKTYPE_BY_HATYPE = {
+    1: LINKTYPE_ETHERNET,  # ARPHRD_ETHER: veth, bridge, physical
+    772: LINKTYPE_ETHERNET,  # ARPHRD_LOOPBACK: lo carries a zeroed Ethernet header
+    65534: LINKTYPE_RAW,  # ARPHRD_NONE: tun, WireGuard
+    519: LINKTYPE_RAW,  # ARPHRD_RAWIP
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +65,22 @@ class LiveCapture:
     """`PacketSource` over AF_PACKET rings on every candidate interface of one namespace."""
 
     def __init__(self, settings: Settings, *, retire_ms: int = 10, program: BpfProgram | None = None) -> None:
+        if settings.ring_block_kib * 1024 % _PAGE:
+            raise ValueError(f"ring_block_kib must be a multiple of the page size ({_PAGE // 1024} KiB)")
         self._settings = settings
         self._retire_ms = retire_ms
         self._decoder = Decoder(dns=settings.dns_names)
-        self._decode = self._decoder.ethernet
-        self._program = program or compile_program(FilterOptions(dns_answers=settings.dns_names))
+        # Decided once: one filter and one decoder per link type (Ethernet for veths).
+        options = FilterOptions(dns_answers=settings.dns_names)
+        self._programs: dict[int, BpfProgram] = {
+            LINKTYPE_ETHERNET: program or compile_program(options),
+            LINKTYPE_RAW: compile_program(options, linktype=LINKTYPE_RAW),
+        }
+        self._decoders: dict[int, Decode] = {
+            LINKTYPE_ETHERNET: self._decoder.ethernet,
+            LINKTYPE_RAW: self._decoder.raw,
+        }
+        self._ring_decode: dict[int, Decode] = {}  # ifindex -> decoder for its link type
         self._filter = LinkFilter.from_patterns(
             settings.interface_include, settings.interface_exclude, settings.veth_only
         )
@@ -94,7 +115,8 @@ class LiveCapture:
             if ring is None:
                 self._apply(self._watch.events(), segments)
             elif ring.ifindex in self._rings:  # not closed by a netlink event earlier in this loop
-                self._packets += ring.drain(self._decode, segments, ring_blocks_cap(self._settings))
+                decode = self._ring_decode[ring.ifindex]
+                self._packets += ring.drain(decode, segments, self._settings.ring_blocks)
         now = time.monotonic()
         if now - self._last_stats >= _STATS_EVERY_S:
             self._last_stats = now
@@ -157,12 +179,19 @@ class LiveCapture:
         if known is not None:
             known.name = link.name  # a rename: the ring is bound to the ifindex and stays
             return
+        linktype = _LINKTYPE_BY_HATYPE.get(link.hatype)
+        if linktype is None:
+            self._open_failures += 1
+            _log.warning(
+                "cannot capture interface: unsupported link type", interface=link.name, hatype=link.hatype
+            )
+            return
         try:
             with netns.inside(self._settings.netns):
                 ring = RingSocket(
                     link.ifindex,
                     link.name,
-                    self._program,
+                    self._programs[linktype],
                     block_kib=self._settings.ring_block_kib,
                     blocks=self._settings.ring_blocks,
                     retire_ms=self._retire_ms,
@@ -174,13 +203,14 @@ class LiveCapture:
             )
             return
         self._rings[link.ifindex] = ring
+        self._ring_decode[link.ifindex] = self._decoders[linktype]
         self._sel.register(ring.fileno(), selectors.EVENT_READ, ring)
         self._opened += 1
         _log.info("capturing interface", interface=link.name, ifindex=link.ifindex)
 
     def _close_ring(self, ring: RingSocket, segments: list[Segment]) -> None:
         # Frames already in the ring are the connection's last words: read them first.
-        self._packets += ring.drain(self._decode, segments, 0)
+        self._packets += ring.drain(self._ring_decode.pop(ring.ifindex), segments, 0)
         self._sel.unregister(ring.fileno())
         ring.close()
         self._closed_drops += ring.drops
@@ -188,8 +218,3 @@ class LiveCapture:
         del self._rings[ring.ifindex]
         self._removed += 1
         _log.info("stopped capturing interface", interface=ring.name, ifindex=ring.ifindex)
-
-
-def ring_blocks_cap(settings: Settings) -> int:
-    """Blocks drained per wake-up per ring: one ring's worth, so no interface starves the rest."""
-    return settings.ring_blocks
