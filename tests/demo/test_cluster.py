@@ -443,3 +443,39 @@ def test_loss_on_a_node_drops_bridged_traffic_between_its_pods(two_pod_cluster: 
         c.remove_loss("node-a")
         _, echoed, _ = c.call("client", exchange, server.ipv4, 8080)
     assert echoed == PAYLOAD
+
+
+GRACEFUL = """
+import json, time
+from podwire import log
+log.configure()
+from podwire.demo.cluster import Cluster, ClusterSpec, NodeSpec, PodSpec, exit_on_sigterm
+exit_on_sigterm()
+with Cluster(ClusterSpec(nodes=(NodeSpec("node-a", (PodSpec("solo"),)),))) as c:
+    child = c.run("solo", ["sleep", "300"])
+    print(json.dumps({"prefix": c.prefix, "child": child.pid}), flush=True)
+    time.sleep(300)
+"""
+
+
+def test_sigterm_to_the_creator_tears_the_cluster_down_at_once() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    creator = subprocess.Popen(
+        [sys.executable, "-c", GRACEFUL], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    prefix = None
+    try:
+        assert creator.stdout is not None
+        info = json.loads(creator.stdout.readline())
+        prefix = info["prefix"]
+        assert len(list_netns(prefix)) == 2
+        creator.terminate()
+        assert creator.wait(15) == 128 + 15
+        assert list_netns(prefix) == []  # torn down by the creator itself, no cleanup_stale needed
+        assert wait_until(lambda: is_gone(info["child"]))
+        assert not Path(f"/run/podwire-demo/{prefix}.json").exists()
+    finally:
+        creator.kill()
+        creator.wait(10)
+        cleanup_stale()

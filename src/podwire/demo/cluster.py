@@ -1003,7 +1003,9 @@ def _stop_processes(procs: list[subprocess.Popen[Any]], grace_s: float) -> None:
 
 def _signal_group(proc: subprocess.Popen[Any], sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
+        os.killpg(proc.pid, sig)  # the child leads its own group unless the caller chose otherwise
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(sig)  # Popen skips this once the child is reaped (no pid reuse risk)
 
 
 if __name__ == "__main__":
