@@ -18,11 +18,14 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from podwire import log
+from podwire.identity import slim
 from podwire.identity.index import NEG_INF, IdentityIndex, canonical_ip, make_identity
 from podwire.model import Identity, IdentityKind
 
@@ -77,6 +80,7 @@ class KindStats:
     relists: int
     watches: int
     events: int
+    bad_objects: int
     bookmarks: int
     errors: int
     objects: int
@@ -143,6 +147,8 @@ def in_cluster() -> bool:
 
 class _KindState:
     __slots__ = (
+        "apply_s",
+        "bad_objects",
         "bookmarks",
         "error",
         "errors",
@@ -168,6 +174,8 @@ class _KindState:
         self.relists = 0
         self.watches = 0
         self.events = 0
+        self.apply_s = 0.0
+        self.bad_objects = 0
         self.bookmarks = 0
         self.errors = 0
         self.objects = 0
@@ -213,16 +221,24 @@ class KubeSource:
         self._owner_lock = threading.Lock()
         self._start_time: float | None = None
         self.first_sync_s: float | None = None
-        self.events_applied = 0
-        self.apply_seconds = 0.0
         self._rng = random.Random()  # noqa: S311 - jitter, not secrets
         self._methods: dict[str, Callable[..., Any]] = {}
+        self._decoders = {k: slim.event_decoder(k) for k in kinds}
 
     # ---- lifecycle --------------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
         return all(s.synced for s in self._states.values())
+
+    @property
+    def events_applied(self) -> int:
+        """Watch events applied, all kinds (each kind's counter is written by its thread only)."""
+        return sum(s.events for s in self._states.values())
+
+    @property
+    def apply_seconds(self) -> float:
+        return sum(s.apply_s for s in self._states.values())
 
     def start(self) -> None:
         self._start_time = time.monotonic()
@@ -412,42 +428,45 @@ class KubeSource:
         kind = state.kind
         relist = state.lists > 0
         at = self._clock() if relist else NEG_INF  # the first list: held since before we looked
+        decoder = slim.list_decoder(kind)
         seen: set[str] = set()
+        fresh: dict[str, str] = {}
+        owners = kind in ("replicasets", "jobs")
+        top_kind = "Deployment" if kind == "replicasets" else "CronJob"
+        apply = self._appliers[kind]
         cont = ""
         rv = ""
         count = 0
-        if kind in ("replicasets", "jobs"):
-            fresh: dict[str, str] = {}
         while True:
             params: dict[str, Any] = {"limit": self.page_size}
             if cont:
                 params["_continue"] = cont
             resp = self._get(kind, params, 120.0)
             try:
-                doc = _loads(resp.data)
+                data = resp.data
             finally:
                 resp.release_conn()
-            meta = doc.get("metadata") or {}
-            rv = meta.get("resourceVersion", rv)
-            items = doc.get("items") or ()
-            count += len(items)
-            if kind in ("replicasets", "jobs"):
-                for obj in items:
-                    m = obj["metadata"]
-                    fresh[_intern(m["namespace"]) + "/" + m["name"]] = _controller_name(
-                        m, "Deployment" if kind == "replicasets" else "CronJob"
-                    )
+            try:
+                page = decoder.decode(data)
+            except msgspec.DecodeError as exc:
+                raise _ApiError(500, f"undecodable {kind} list: {exc}") from None
+            del data
+            rv = page.metadata.resourceVersion or rv
+            count += len(page.items)
+            if owners:
+                for obj in page.items:
+                    m = obj.metadata
+                    fresh[_intern(m.namespace) + "/" + m.name] = _controller_name(m, top_kind)
             else:
-                apply = self._appliers[kind]
-                for obj in items:
+                for obj in page.items:
                     key = apply(self, "ADDED", obj, at)
                     if key is not None:
                         seen.add(key)
-            del doc, items
-            cont = meta.get("continue") or ""
+            cont = page.metadata.continue_
+            del page
             if not cont:
                 break
-        if kind in ("replicasets", "jobs"):
+        if owners:
             self._replace_owners(kind, fresh, at)
         else:
             prefix = _PREFIX[kind]
@@ -494,66 +513,85 @@ class KubeSource:
     def apply_line(self, kind: str, line: bytes) -> None:
         """Decode and apply one watch event (a JSON line).  Raises _Gone on a 410 ERROR event."""
         t0 = time.perf_counter()
-        event = _loads(line)
-        etype = event.get("type")
-        obj = event.get("object") or {}
         state = self._states[kind]
+        try:
+            event = self._decoders[kind].decode(line)
+            etype = event.type
+        except msgspec.DecodeError:
+            etype = "ERROR" if b'"ERROR"' in line[:40] else ""
+            if not etype:
+                state.bad_objects += 1  # garbage on the stream: count it, keep watching
+                return
+        if etype == "ERROR":
+            self._watch_error(kind, line)
+        obj = event.object
         if etype == "BOOKMARK":
             state.bookmarks += 1
-            state.rv = (obj.get("metadata") or {}).get("resourceVersion", state.rv)
+            state.rv = obj.metadata.resourceVersion or state.rv
             return
-        if etype == "ERROR":
-            code = obj.get("code")
-            message = str(obj.get("message", ""))
-            if code == 410 or obj.get("reason") in ("Expired", "Gone"):
-                raise _Gone(message)
-            if code == 403:
-                self._raise_status(kind, 403, line, verb="watch")
-            raise _ApiError(int(code or 500), message)
-        at = self._clock()
-        self._appliers[kind](self, etype, obj, at)
-        rv = (obj.get("metadata") or {}).get("resourceVersion")
-        if rv:
-            state.rv = rv
+        if not obj.metadata.uid and kind not in ("replicasets", "jobs"):
+            state.bad_objects += 1
+            return
+        self._appliers[kind](self, etype, obj, self._clock())
+        if obj.metadata.resourceVersion:
+            state.rv = obj.metadata.resourceVersion
         state.events += 1
-        self.events_applied += 1
-        self.apply_seconds += time.perf_counter() - t0
+        state.apply_s += time.perf_counter() - t0
 
-    def _apply_pod(self, etype: str, obj: Mapping[str, Any], at: float) -> str | None:
-        meta = obj["metadata"]
-        key: str = "pod/" + meta["uid"]
-        status = obj.get("status") or {}
+    def _watch_error(self, kind: str, line: bytes) -> None:
+        """An ERROR event carries a Status: 410 means relist; anything else ends this watch."""
+        try:
+            status = _loads(line).get("object") or {}
+        except ValueError:
+            status = {}
+        code = status.get("code")
+        message = str(status.get("message", ""))
+        if code == 410 or status.get("reason") in ("Expired", "Gone"):
+            raise _Gone(message)
+        if code == 403:
+            self._raise_status(kind, 403, json.dumps(status).encode(), verb="watch")
+        raise _ApiError(int(code or 500), message or "watch error")
+
+    def _apply_pod(self, etype: str, obj: slim.Pod, at: float) -> str | None:
+        meta = obj.metadata
+        key: str = "pod/" + meta.uid
+        status = obj.status
         ips: list[str] = []
-        if etype != "DELETED" and status.get("phase") not in TERMINATED:
-            for entry in status.get("podIPs") or ():
-                ip = entry.get("ip")
-                if ip:
-                    ips.append(ip if ":" not in ip else canonical_ip(ip))
-            if not ips and status.get("podIP"):
-                ips.append(canonical_ip(status["podIP"]))
+        if etype != "DELETED" and status.phase not in TERMINATED:
+            for entry in status.podIPs:
+                if entry.ip:
+                    ips.append(entry.ip if ":" not in entry.ip else canonical_ip(entry.ip))
+            if not ips and status.podIP:
+                ips.append(canonical_ip(status.podIP))
         if not ips:
             self._forget_pending(key)
             self.index.remove(key, at)
             return None
-        spec = obj.get("spec") or {}
-        node = spec.get("nodeName")
-        if spec.get("hostNetwork"):
-            if not node:
-                return None
-            ident = make_identity(IdentityKind.NODE, node, node=node, host_network=True)
+        node = obj.spec.nodeName or None
+        if obj.spec.hostNetwork:
             self._forget_pending(key)
-            self.index.set(key, ips, ident, at)
+            if not node:
+                self.index.remove(key, at)
+                return None
+            self.index.set(key, ips, make_identity(IdentityKind.NODE, node, node=node, host_network=True), at)
             return key
+        kind, owner = _controller(meta)
         with self._owner_lock:
-            ident = self._pod_identity(key, meta, node)
+            ident = self._pod_identity(key, meta.namespace, meta.name, node, kind, owner, meta)
             self.index.set(key, ips, ident, at)
         return key
 
-    def _pod_identity(self, key: str, meta: Mapping[str, Any], node: str | None) -> Identity:
+    def _pod_identity(
+        self,
+        key: str,
+        ns: str,
+        name: str,
+        node: str | None,
+        kind: str | None,
+        owner: str,
+        meta: slim.Meta | None = None,
+    ) -> Identity:
         """Call with _owner_lock held (it may file the pod as waiting for its owner)."""
-        ns = meta["namespace"]
-        name = meta["name"]
-        kind, owner = _controller(meta)
         workload, wkind = name, "Pod"
         if kind == "ReplicaSet" or kind == "Job":
             table = self._rs_owner if kind == "ReplicaSet" else self._job_owner
@@ -570,7 +608,7 @@ class KubeSource:
                     self._pending.setdefault(pkey, set()).add(key)
                     self._pending_of[key] = pkey
                 workload, wkind = owner, kind
-                hash_ = (meta.get("labels") or {}).get("pod-template-hash")
+                hash_ = slim.labels(meta).get("pod-template-hash") if meta is not None else None
                 if kind == "ReplicaSet" and hash_ and owner.endswith("-" + hash_):
                     workload, wkind = owner[: -len(hash_) - 1], "Deployment"
             else:
@@ -601,45 +639,47 @@ class KubeSource:
                 if pkey is not None:
                     self._drop_pending(key, pkey)
 
-    def _apply_service(self, etype: str, obj: Mapping[str, Any], at: float) -> str | None:
-        meta = obj["metadata"]
-        key: str = "svc/" + meta["uid"]
-        spec = obj.get("spec") or {}
+    def _apply_service(self, etype: str, obj: slim.Service, at: float) -> str | None:
+        meta = obj.metadata
+        key: str = "svc/" + meta.uid
         ips: list[str] = []
         if etype != "DELETED":
-            for ip in spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else ()):
+            spec = obj.spec
+            for ip in spec.clusterIPs or ((spec.clusterIP,) if spec.clusterIP else ()):
                 if ip and ip != "None":
                     ips.append(ip if ":" not in ip else canonical_ip(ip))
         if not ips:
             self.index.remove(key, at)
             return None
-        ident = make_identity(IdentityKind.SERVICE, meta["name"], namespace=meta["namespace"])
-        self.index.set(key, ips, ident, at)
+        self.index.set(key, ips, make_identity(IdentityKind.SERVICE, meta.name, namespace=meta.namespace), at)
         return key
 
-    def _apply_node(self, etype: str, obj: Mapping[str, Any], at: float) -> str | None:
-        meta = obj["metadata"]
-        key: str = "node/" + meta["uid"]
+    def _apply_node(self, etype: str, obj: slim.Node, at: float) -> str | None:
+        meta = obj.metadata
+        key: str = "node/" + meta.uid
         ips: list[str] = []
         if etype != "DELETED":
-            for addr in (obj.get("status") or {}).get("addresses") or ():
-                if addr.get("type") == "InternalIP" and addr.get("address"):
-                    ips.append(canonical_ip(addr["address"]))
+            for addr in obj.status.addresses:
+                if addr.type == "InternalIP" and addr.address:
+                    try:
+                        ips.append(canonical_ip(addr.address))
+                    except ValueError:
+                        continue
         if not ips:
             self.index.remove(key, at)
             return None
-        name = meta["name"]
+        name = meta.name
         self.index.set(key, ips, make_identity(IdentityKind.NODE, name, node=name), at)
         return key
 
-    def _apply_rs(self, etype: str, obj: Mapping[str, Any], at: float) -> str | None:
-        return self._set_owner(True, obj["metadata"], etype, at)
+    def _apply_rs(self, etype: str, obj: slim.Owned, at: float) -> str | None:
+        return self._set_owner(True, obj.metadata, etype, at)
 
-    def _apply_job(self, etype: str, obj: Mapping[str, Any], at: float) -> str | None:
-        return self._set_owner(False, obj["metadata"], etype, at)
+    def _apply_job(self, etype: str, obj: slim.Owned, at: float) -> str | None:
+        return self._set_owner(False, obj.metadata, etype, at)
 
-    def _set_owner(self, is_rs: bool, meta: Mapping[str, Any], etype: str, at: float) -> str | None:
-        ref = _intern(meta["namespace"]) + "/" + meta["name"]
+    def _set_owner(self, is_rs: bool, meta: slim.Meta, etype: str, at: float) -> str | None:
+        ref = _intern(meta.namespace) + "/" + meta.name
         table = self._rs_owner if is_rs else self._job_owner
         with self._owner_lock:
             if etype == "DELETED":
@@ -670,12 +710,7 @@ class KubeSource:
             ident, ips = got
             if ident.kind is not IdentityKind.POD:
                 continue
-            meta = {
-                "namespace": ns,
-                "name": ident.name,
-                "ownerReferences": [{"kind": kind, "name": name, "controller": True}],
-            }
-            new = self._pod_identity(key, meta, ident.node)
+            new = self._pod_identity(key, ns, ident.name, ident.node, kind, name)
             if new != ident:
                 self.index.set(key, ips, new, at)
 
@@ -710,7 +745,7 @@ class KubeSource:
                 out.add(key)
         return out
 
-    _appliers: dict[str, Callable[[KubeSource, str, Mapping[str, Any], float], str | None]] = {
+    _appliers: dict[str, Callable[[KubeSource, str, Any, float], str | None]] = {
         "pods": _apply_pod,
         "services": _apply_service,
         "nodes": _apply_node,
@@ -735,6 +770,7 @@ class KubeSource:
                     relists=s.relists,
                     watches=s.watches,
                     events=s.events,
+                    bad_objects=s.bad_objects,
                     bookmarks=s.bookmarks,
                     errors=s.errors,
                     objects=s.objects,
@@ -766,18 +802,18 @@ def _list_method(api: Any, kind: str) -> Callable[..., Any]:
     return client.BatchV1Api(api).list_job_for_all_namespaces
 
 
-def _controller(meta: Mapping[str, Any]) -> tuple[str | None, str]:
+def _controller(meta: slim.Meta) -> tuple[str | None, str]:
     """(kind, name) of the controlling owner reference, else of the first one, else (None, '')."""
-    refs = meta.get("ownerReferences")
+    refs = meta.ownerReferences
     if not refs:
         return None, ""
     for ref in refs:
-        if ref.get("controller"):
-            return ref.get("kind"), ref.get("name", "")
-    return refs[0].get("kind"), refs[0].get("name", "")
+        if ref.controller:
+            return ref.kind, ref.name
+    return refs[0].kind, refs[0].name
 
 
-def _controller_name(meta: Mapping[str, Any], kind: str) -> str:
+def _controller_name(meta: slim.Meta, kind: str) -> str:
     k, name = _controller(meta)
     return _intern(name) if k == kind and name else ""
 
