@@ -109,7 +109,13 @@ def two_node_cluster(cluster_factory: Callable[[ClusterSpec], Cluster]) -> Clust
     return cluster_factory(TWO_NODE_SPEC)
 
 
+_checked: list[bool] = []  # conftests importing this hook share it: check once
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _checked:
+        return
+    _checked.append(True)
     left = leftovers(created_prefixes())
     if left:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
