@@ -481,3 +481,25 @@ def test_every_truncation_of_a_real_answer_never_raises() -> None:
         DnsAnswer(0.0, "www.shop.example", "192.0.2.10", 30),
     }
     assert stats.malformed == len(msg)
+
+
+@pytest.mark.parametrize(("name", "pkt", "expected", "counter"), CASES, ids=[c[0] for c in CASES])
+def test_inlined_ethernet_fast_path_agrees_with_the_general_path(
+    name: str, pkt: Packet, expected: Segment | None, counter: str
+) -> None:
+    # Ethernet frames take an inlined IPv4/IPv6 path; Linux SLL frames always take the general one.
+    buf = frame(pkt)
+    sll = struct.pack("!HHH8sH", 0, 1, 6, b"\x00" * 8, (buf[12] << 8) | buf[13]) + buf[14:]
+    fast, general = Decoder(), Decoder()
+    assert fast.ethernet(buf, 0, len(buf), 1.5, 7, True) == general.linux_sll(sll, 0, len(sll), 1.5, 7, True)
+    assert fast.stats.as_dict() == general.stats.as_dict()
+    for bad_total in (0, 19, 20, 39, 40, 41, 65535):  # IPv4 total length lies: same verdict both ways
+        if buf[12:14] == b"\x08\x00":
+            b2 = bytearray(buf)
+            b2[16:18] = bad_total.to_bytes(2, "big")
+            s2 = bytearray(sll)
+            s2[16 + 2 : 16 + 4] = bad_total.to_bytes(2, "big")
+            assert fast.ethernet(bytes(b2), 0, len(b2), 0.0, 0, None) == general.linux_sll(
+                bytes(s2), 0, len(s2), 0.0, 0, None
+            )
+    assert fast.stats.as_dict() == general.stats.as_dict()

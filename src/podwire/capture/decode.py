@@ -53,6 +53,11 @@ _PROTO_TCP: Final = 6
 _PROTO_UDP: Final = 17
 
 _TCP: Final = struct.Struct("!HHIIB")  # sport, dport, seq, ack, data offset byte
+# Fast paths: addresses and TCP header in one unpack when they are contiguous (no options/ext headers).
+_V4_TCP: Final = struct.Struct("!4s4sHHIIB")  # at IPv4 +12 when IHL is 5
+_V6_TCP: Final = struct.Struct("!16s16sHHIIB")  # at IPv6 +8 when the next header is TCP
+# Builds a Segment without NamedTuple.__new__'s Python-level call: _new(Segment, (fields...)).
+_new: Callable[..., Segment] = tuple.__new__
 _U16: Final = struct.Struct("!H")
 _U16_LE: Final = struct.Struct("<H")
 _U32_BE: Final = struct.Struct(">I")
@@ -134,9 +139,49 @@ class Decoder:
     def ethernet(
         self, buf: Buffer, off: int, end: int, ts: float, point: int, from_local: bool | None = None
     ) -> Segment | None:
-        self.stats.frames += 1
-        if end - off < 14:
-            self.stats.truncated += 1
+        stats = self.stats
+        stats.frames += 1
+        size = end - off
+        if size >= 54 and buf[off + 12] == 0x08 and buf[off + 13] == 0x00 and buf[off + 14] == 0x45:
+            # Untagged IPv4 without options: most frames.  Same checks as _ipv4/_tcp, inlined.
+            total = (buf[off + 16] << 8) | buf[off + 17]
+            if buf[off + 23] == _PROTO_TCP and total >= 20 and not ((buf[off + 20] & 0x1F) | buf[off + 21]):
+                flags = buf[off + 47]
+                if not flags & CONTROL:
+                    stats.data += 1
+                    return None
+                src, dst, sport, dport, seq, ack, doff = _V4_TCP.unpack_from(buf, off + 26)
+                doff = (doff >> 4) << 2
+                payload = total - 20 - doff
+                if doff < 20 or payload < 0:
+                    stats.malformed += 1
+                    return None
+                stats.segments += 1
+                return _new(
+                    Segment, (ts, point, src, dst, sport, dport, seq, ack, flags, payload, from_local)
+                )
+        elif (
+            size >= 74
+            and buf[off + 12] == 0x86
+            and buf[off + 13] == 0xDD
+            and buf[off + 20] == _PROTO_TCP
+            and buf[off + 14] >> 4 == 6
+        ):
+            flags = buf[off + 67]
+            if not flags & CONTROL:
+                stats.data += 1
+                return None
+            src, dst, sport, dport, seq, ack, doff = _V6_TCP.unpack_from(buf, off + 22)
+            doff = (doff >> 4) << 2
+            plen = (buf[off + 18] << 8) | buf[off + 19]
+            payload = (plen if plen else end - off - 54) - doff
+            if doff < 20 or payload < 0:
+                stats.malformed += 1
+                return None
+            stats.segments += 1
+            return _new(Segment, (ts, point, src, dst, sport, dport, seq, ack, flags, payload, from_local))
+        if size < 14:
+            stats.truncated += 1
             return None
         etype = (buf[off + 12] << 8) | buf[off + 13]
         return self._l3(buf, off + 14, end, etype, ts, point, from_local)
@@ -351,19 +396,9 @@ class Decoder:
             self.stats.malformed += 1
             return None
         self.stats.segments += 1
-        return Segment(
-            ts,
-            point,
-            bytes(buf[addr : addr + alen]),
-            bytes(buf[addr + alen : addr + 2 * alen]),
-            sport,
-            dport,
-            seq,
-            ack,
-            flags,
-            payload,
-            from_local,
-        )
+        src = bytes(buf[addr : addr + alen])
+        dst = bytes(buf[addr + alen : addr + 2 * alen])
+        return _new(Segment, (ts, point, src, dst, sport, dport, seq, ack, flags, payload, from_local))
 
     def _udp(self, buf: Buffer, u: int, ip_end: int, end: int, ts: float) -> None:
         if end - u < 8:
