@@ -89,6 +89,14 @@ _log = log.get("podwire.telemetry")
 GRPC = "grpc"
 HTTP = "http/protobuf"
 DEFAULT_TIMEOUT_S = 5.0
+# Reconnect quickly when the collector comes back: gRPC's default reconnect backoff grows to 120 s
+# and is kept per subchannel in a process-wide pool, so a fresh channel would inherit it.
+GRPC_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.use_local_subchannel_pool", 1),
+)
 _CUMULATIVE: dict[type, AggregationTemporality] = {
     cls: AggregationTemporality.CUMULATIVE
     for cls in (
@@ -246,7 +254,9 @@ class _PrometheusReader(PrometheusMetricReader):
 class _FastGrpcSpanExporter(GrpcSpanExporter):
     """The SDK's gRPC exporter (channel, retries, headers, TLS) with encode.py's encoder."""
 
-    _encoder = SpanEncoder()
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._encoder = SpanEncoder()  # one per exporter: its cache is touched by one worker thread
 
     def _translate_data(self, data: Sequence[ReadableSpan]) -> Any:
         return self._encoder.request(data)
@@ -255,7 +265,9 @@ class _FastGrpcSpanExporter(GrpcSpanExporter):
 class _FastHttpSpanExporter(HttpSpanExporter):
     """The SDK's HTTP exporter with encode.py's encoder (falls back to the SDK's own path)."""
 
-    _encoder = SpanEncoder()
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._encoder = SpanEncoder()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         client = getattr(self, "_client", None)
@@ -438,6 +450,7 @@ class Telemetry:
                 headers=o.headers,
                 timeout=o.timeout_s,
                 preferred_temporality=_CUMULATIVE,
+                channel_options=GRPC_CHANNEL_OPTIONS,  # type: ignore[arg-type]
             )
         return HttpMetricExporter(
             endpoint=o.metrics_endpoint,
@@ -454,6 +467,7 @@ class Telemetry:
                 insecure=_insecure(o.traces_endpoint),
                 headers=o.headers,
                 timeout=o.timeout_s,
+                channel_options=GRPC_CHANNEL_OPTIONS,
             )
         return _FastHttpSpanExporter(endpoint=o.traces_endpoint, headers=dict(o.headers), timeout=o.timeout_s)
 
