@@ -352,7 +352,6 @@ class _Entry:
         "state",
         "syn_len",  # payload on the SYN (TCP Fast Open): the SYN-ACK may ack it
         "syn_ts",  # last SYN time (Karn)
-        "uid",  # key in the phase dicts
     )
 
     def __init__(
@@ -379,7 +378,6 @@ class _Entry:
         self.client: Endpoint | None = None
         self.server: Endpoint | None = None
         self.syn_len = 0
-        self.uid = id(self)
 
 
 def _side(from_local: bool | None, sender_is_client: bool) -> Side | None:
@@ -389,14 +387,18 @@ def _side(from_local: bool | None, sender_is_client: bool) -> Side | None:
     return Side.CLIENT if from_local == sender_is_client else Side.SERVER
 
 
+# from_local of a segment sent by the client -> observed side (hot path: a dict, not a call)
+_SIDE_OF_CLIENT_SEGMENT: dict[bool | None, Side | None] = {True: Side.CLIENT, False: Side.SERVER, None: None}
+
+
 class Tracker:
     """See the module docstring for the semantics; `transitions.TABLE` for the rules.
 
     Books: `_entries` maps the canonical key to the entry, live or recently finished (state
     NEW: kept for time_wait_s to absorb late segments).  Each phase (half-open, established,
-    closing, recently finished) is an OrderedDict keyed by the entry's uid, in the order
-    entries entered it, which is time order: timers pop from the front in O(expired), and a
-    phase change hashes one small int instead of a 5-tuple.
+    closing, recently finished) is an ordered set of entries (an OrderedDict entry -> None;
+    entries hash by identity), in the order they entered it, which is time order: timers pop
+    from the front in O(expired), and a phase change hashes no 5-tuple.
     """
 
     def __init__(self, limits: TrackerLimits | None = None) -> None:
@@ -405,12 +407,12 @@ class Tracker:
         self._max_half_open = limits.max_half_open
         self._max_recent = limits.max_recently_closed
         self._entries: dict[Key, _Entry] = {}
-        self._half_open: OrderedDict[int, _Entry] = OrderedDict()
-        self._established: OrderedDict[int, _Entry] = OrderedDict()
-        self._closing: OrderedDict[int, _Entry] = OrderedDict()
-        self._recent: OrderedDict[int, _Entry] = OrderedDict()
+        self._half_open: OrderedDict[_Entry, None] = OrderedDict()
+        self._established: OrderedDict[_Entry, None] = OrderedDict()
+        self._closing: OrderedDict[_Entry, None] = OrderedDict()
+        self._recent: OrderedDict[_Entry, None] = OrderedDict()
         # state -> the phase holding entries in that state (NEW: recently finished)
-        self._phase: tuple[OrderedDict[int, _Entry], ...] = (
+        self._phase: tuple[OrderedDict[_Entry, None], ...] = (
             self._recent,
             self._half_open,
             self._established,
@@ -477,30 +479,30 @@ class Tracker:
         half_open = self._half_open
         limit = self.limits.syn_timeout_s
         while half_open:
-            entry = half_open[next(iter(half_open))]
+            entry = next(iter(half_open))
             if now - entry.since <= limit:
                 break
             out.append(self._finish(entry, _TIMEOUT, entry.syn_ts, None, now))
         closing = self._closing
         limit = self.limits.closing_timeout_s
         while closing:
-            entry = closing[next(iter(closing))]
+            entry = next(iter(closing))
             if now - entry.since <= limit:
                 break
             out.append(self._finish(entry, _CLOSED, entry.since, entry.first, now))
         established = self._established
         limit = self.limits.idle_timeout_s
         while established:
-            entry = established[next(iter(established))]
+            entry = next(iter(established))
             if now - entry.since <= limit:
                 break
-            del established[entry.uid]
+            del established[entry]
             del self._entries[entry.key]
             self._count(self._anomalies, "idle_expired")
         recent = self._recent
         limit = self.limits.time_wait_s
         while recent:
-            entry = recent[next(iter(recent))]
+            entry = next(iter(recent))
             if now - entry.since <= limit:
                 break
             self._forget(entry)
@@ -509,10 +511,10 @@ class Tracker:
     def flush(self, now: float) -> list[ConnectionEvent]:
         """End of capture: `expire(now)`, then a record for every entry left (see module doc)."""
         out = self.expire(now)
-        for entry in list(self._half_open.values()):
+        for entry in list(self._half_open):
             out.append(self._finish(entry, _TIMEOUT, entry.syn_ts, None, now))
         for phase in (self._established, self._closing):
-            for entry in list(phase.values()):
+            for entry in list(phase):
                 out.append(self._finish(entry, _OPEN, None, None, now))
         self._recent.clear()
         self._entries.clear()
@@ -555,12 +557,16 @@ class Tracker:
         self._count(self._anomalies, kind)
         return _NONE
 
-    def _admit(self, entry: _Entry, phase: OrderedDict[int, _Entry]) -> None:
+    def _admit(self, entry: _Entry, phase: OrderedDict[_Entry, None]) -> None:
         """Insert a new live entry, evicting first if a bound is reached (counted, no record)."""
         half_open = self._half_open
         if phase is half_open and len(half_open) >= self._max_half_open:
             self._evict(half_open, "half_open")
-        if len(half_open) + len(self._established) + len(self._closing) >= self._max_connections:
+        # _entries also holds finished entries, so it is never shorter than the live count.
+        if (
+            len(self._entries) >= self._max_connections
+            and len(half_open) + len(self._established) + len(self._closing) >= self._max_connections
+        ):
             for victims, kind in (
                 (self._established, "established"),
                 (self._closing, "closing"),
@@ -570,16 +576,16 @@ class Tracker:
                     self._evict(victims, kind)
                     break
         self._entries[entry.key] = entry  # replaces a finished entry on the same tuple, if any
-        phase[entry.uid] = entry
+        phase[entry] = None
 
-    def _evict(self, phase: OrderedDict[int, _Entry], kind: str) -> None:
-        _, victim = phase.popitem(last=False)
+    def _evict(self, phase: OrderedDict[_Entry, None], kind: str) -> None:
+        victim, _ = phase.popitem(last=False)
         del self._entries[victim.key]
         self._count(self._evictions, kind)
 
     def _forget(self, entry: _Entry) -> None:
         """Drop a finished entry for good (its key may already hold a newer connection)."""
-        del self._recent[entry.uid]
+        del self._recent[entry]
         key = entry.key
         if self._entries.get(key) is entry:
             del self._entries[key]
@@ -588,10 +594,10 @@ class Tracker:
         """Keep a finished entry for time_wait_s (late FIN/RST/SYN-ACK), bounded."""
         recent = self._recent
         if len(recent) >= self._max_recent:
-            self._forget(recent[next(iter(recent))])
+            self._forget(next(iter(recent)))
         entry.since = ts
         entry.state = _NEW
-        recent[entry.uid] = entry
+        recent[entry] = None
 
     def _endpoint(self, addr: bytes, port: int) -> Endpoint:
         """Endpoints repeat (servers; reused client ports): cache them and the address text."""
@@ -682,7 +688,7 @@ class Tracker:
         now: float,
     ) -> ConnectionRecord:
         """End a live entry: build its record, keep it as recently finished."""
-        del self._phase[entry.state][entry.uid]
+        del self._phase[entry.state][entry]
         record = self._record(entry, outcome, end, initiator)
         self._bury(entry, now)
         return record
@@ -702,7 +708,7 @@ class Tracker:
     def _do_new_half_open(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
         if entry is not None and not entry.state and entry.cisn == seg.seq and entry.key == seg[1:6]:
             return self._anomaly("late_syn")  # a retransmit of a connection already reported
-        new = _Entry(seg[1:6], _HALF_OPEN, seg.ts, seg.seq, None, _side(seg.from_local, True))
+        new = _Entry(seg[1:6], _HALF_OPEN, seg.ts, seg.seq, None, _SIDE_OF_CLIENT_SEGMENT.get(seg.from_local))
         new.syn_len = seg.payload_len
         self._admit(new, self._half_open)
         return _NONE
@@ -734,9 +740,8 @@ class Tracker:
         ts = seg.ts
         entry.sisn = seg.seq
         entry.rtt = ts - entry.syn_ts
-        uid = entry.uid
-        del self._half_open[uid]
-        self._established[uid] = entry
+        del self._half_open[entry]
+        self._established[entry] = None
         entry.state = _ESTABLISHED
         entry.since = ts
         return (self._opened(entry),)
@@ -760,9 +765,8 @@ class Tracker:
     def _do_fin_first(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
         assert entry is not None
         self._note_fin(entry, seg, from_client)
-        uid = entry.uid
-        del self._phase[entry.state][uid]  # half-open or established, never closing
-        self._closing[uid] = entry
+        del self._phase[entry.state][entry]  # half-open or established, never closing
+        self._closing[entry] = None
         entry.state = rule.next_state
         entry.since = seg.ts
         return _NONE
