@@ -186,7 +186,7 @@ class OtlpReceiver:
             "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
             "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
             "OTEL_METRIC_EXPORT_INTERVAL": str(interval_ms),
-            "OTEL_EXPORTER_OTLP_TIMEOUT": "2",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "2000",  # ms
         }
 
     def _take(self, transport: str, signal: str, request: Any, size: int) -> None:

@@ -54,6 +54,8 @@ def test_otlp_config_follows_the_standard_variables() -> None:
     assert dict(http.headers) == {"authorization": "Bearer abc", "x-tenant": "t1"}
     assert dict(http.resource_attributes) == {"k8s.cluster.name": "prod", "deployment.environment": "eu"}
     assert http.metric_interval_ms == 15000.0
+    assert http.timeout_s == 5.0  # short by default
+    assert OtlpConfig.from_env(s, {"OTEL_EXPORTER_OTLP_TIMEOUT": "1500"}).timeout_s == 1.5  # spec: ms
     assert (
         OtlpConfig.from_env(s.replace(otlp="off"), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"}).enabled
         is False
@@ -104,7 +106,7 @@ def _rss_kib() -> int:
 def test_collector_down_then_back_never_blocks_bounds_memory_counts_drops_and_recovers(
     receiver: OtlpReceiver, protocol: str
 ) -> None:
-    env = {**receiver.env(protocol, 300), "OTEL_EXPORTER_OTLP_TIMEOUT": "1"}
+    env = {**receiver.env(protocol, 300), "OTEL_EXPORTER_OTLP_TIMEOUT": "1000"}
     t = Telemetry(Settings(otlp="on", node_name="node-a", export_queue_size=300), env)
     web, db = pod("web"), pod("db")
     fed = 0
@@ -182,7 +184,7 @@ def test_collector_down_then_back_never_blocks_bounds_memory_counts_drops_and_re
 def test_shutdown_keeps_its_deadline_with_the_collector_down(receiver: OtlpReceiver) -> None:
     t = Telemetry(
         Settings(otlp="on", node_name="node-a"),
-        {**receiver.env("grpc", 600_000), "OTEL_EXPORTER_OTLP_TIMEOUT": "10"},
+        {**receiver.env("grpc", 600_000), "OTEL_EXPORTER_OTLP_TIMEOUT": "10000"},
     )
     receiver.stop()
     for sink in t.sinks:
@@ -329,3 +331,27 @@ def _safe_value(base: str, promql: str) -> float | None:
         return _value(base, promql)
     except OSError:
         return None
+
+
+def test_slow_collector_never_slows_the_capture_thread() -> None:
+    with OtlpReceiver(delay_s=2.0) as slow:  # answers every export after 2 s
+        env = {**slow.env("grpc", 300), "OTEL_EXPORTER_OTLP_TIMEOUT": "500"}
+        t = Telemetry(Settings(otlp="on", node_name="node-a", export_queue_size=200), env)
+        try:
+            web, db = pod("web"), pod("db")
+            worst = 0.0
+            for _ in range(4):
+                for _ in range(500):
+                    conn = named(record(), web, db)
+                    began = time.perf_counter()
+                    for sink in t.sinks:
+                        sink.on_connection(conn)
+                    worst = max(worst, time.perf_counter() - began)
+                time.sleep(0.5)
+            assert worst < 0.05
+            assert t.span_processor is not None and t.span_processor.queued <= 200
+            assert t.counters.dropped[(n.SIGNAL_TRACES, n.DROP_QUEUE_FULL)] > 0
+        finally:
+            began = time.monotonic()
+            t.shutdown(2.0)
+            assert time.monotonic() - began < 2.5

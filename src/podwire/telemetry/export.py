@@ -3,7 +3,8 @@
 Configuration: Settings (PODWIRE_*) plus the standard variables
   OTEL_EXPORTER_OTLP_ENDPOINT (and _TRACES_/_METRICS_ variants), OTEL_EXPORTER_OTLP_PROTOCOL
   (grpc | http/protobuf, and per-signal variants), OTEL_EXPORTER_OTLP_HEADERS,
-  OTEL_EXPORTER_OTLP_TIMEOUT (seconds, default 5 here: short, the collector being down must not
+  OTEL_EXPORTER_OTLP_TIMEOUT (milliseconds, as the OTel spec says; the Python SDK alone reads
+  seconds, so podwire parses it itself; default 5000 here: short, the collector being down must not
   hold an export thread for long), OTEL_RESOURCE_ATTRIBUTES, OTEL_METRIC_EXPORT_INTERVAL (ms).
 
 Metrics.  One MeterProvider with two readers: a PeriodicExportingMetricReader to OTLP (cumulative
@@ -159,7 +160,7 @@ class OtlpConfig:
         except ValueError as exc:
             problems.append(f"bad OTEL_EXPORTER_OTLP_HEADERS: {exc}")
             headers = ()
-        timeout = _env_float(env, "OTEL_EXPORTER_OTLP_TIMEOUT", DEFAULT_TIMEOUT_S, problems)
+        timeout = _env_float(env, "OTEL_EXPORTER_OTLP_TIMEOUT", DEFAULT_TIMEOUT_S * 1000, problems) / 1000
         interval = _env_float(env, "OTEL_METRIC_EXPORT_INTERVAL", 60_000.0, problems)
         resource = _parse_resource_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", ""), problems)
         if problems:
