@@ -310,6 +310,20 @@ def _capture(pods: Pods, argv: list[str], ready: bytes) -> subprocess.Popen[byte
     return proc
 
 
+def wait_for_file(path: Path, done: object, timeout: float = 15.0) -> None:
+    """Wait until the capture tool has written what `done(segments)` looks for (tools buffer blocks)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            segs, _ = read_all(path)
+            if done(segs):  # type: ignore[operator]
+                return
+        except PcapError:
+            pass  # not even the file header yet
+        time.sleep(0.2)
+    raise AssertionError(f"{path} never held the last segment")
+
+
 @pytest.mark.live
 @pytest.mark.parametrize(
     "tool",
@@ -343,6 +357,16 @@ def test_real_capture_of_curl_and_nginx_gives_exact_bytes_from_sequence_numbers(
             else:
                 argv = ["dumpcap", "-i", iface, "-q", "-w", str(out), "-f", "tcp"]
             cap = _capture(pods, argv, b"listening on" if tool.startswith("tcpdump") else b"Capturing on")
+            # "Capturing on" can come before the capture is live: knock on a closed port until it shows.
+            for _ in range(20):
+                subprocess.run(
+                    in_ns(pods.pods[0], "curl", "-sS", f"http://{pods.node_ip(0)}:8082/"), capture_output=True
+                )
+                try:
+                    wait_for_file(out, lambda segs: any(s.sport == 8082 and s.flags & RST for s in segs), 1.0)
+                    break
+                except AssertionError:
+                    continue
             results = []
             for url in (f"http://{server}/file", f"http://{server6}/file", f"http://{server}/file"):
                 r = subprocess.run(
@@ -365,7 +389,7 @@ def test_real_capture_of_curl_and_nginx_gives_exact_bytes_from_sequence_numbers(
                 in_ns(pods.pods[0], "curl", "-sS", f"http://{pods.node_ip(0)}:8081/"), capture_output=True
             )
             assert refused.returncode != 0
-            time.sleep(0.3)
+            wait_for_file(out, lambda segs: any(s.sport == 8081 and s.flags & RST for s in segs))
             cap.send_signal(signal.SIGINT)
             cap.wait(15)
     segs, src = read_all(out)
