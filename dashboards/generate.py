@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Generate podwire's Grafana dashboards (dashboards/*.json) and their copies inside the
-Helm chart (helm/podwire/dashboards/, rendered as ConfigMaps for Grafana's sidecar).
+Helm chart (helm/podwire/dashboards/, rendered as ConfigMaps for Grafana's sidecar); also
+copy alerts/podwire-rules.yaml and the gateway collector configs into helm/podwire/files/
+(a chart can only read files inside itself).
 
     python3 dashboards/generate.py          # write
     python3 dashboards/generate.py --check  # exit 1 if any file is stale
@@ -718,6 +720,18 @@ DASHBOARDS = {
 }
 
 
+# Files the chart embeds verbatim: source -> copy.
+CHART_COPIES = {
+    ROOT / "alerts" / "podwire-rules.yaml": ROOT / "helm" / "podwire" / "files" / "podwire-rules.yaml",
+    ROOT / "otel" / "gateway.yaml": ROOT / "helm" / "podwire" / "files" / "gateway.yaml",
+    ROOT / "otel" / "gateway-remote-write.yaml": ROOT
+    / "helm"
+    / "podwire"
+    / "files"
+    / "gateway-remote-write.yaml",
+}
+
+
 def render() -> dict[str, str]:
     return {name: json.dumps(build(), indent=2, sort_keys=False) + "\n" for name, build in DASHBOARDS.items()}
 
@@ -734,6 +748,13 @@ def main(argv: list[str]) -> int:
             else:
                 out.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)
+    for src, dst in CHART_COPIES.items():
+        if check:
+            if not dst.exists() or dst.read_text() != src.read_text():
+                stale.append(str(dst.relative_to(ROOT)))
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_text(src.read_text())
     if stale:
         print("stale (run python3 dashboards/generate.py):", *stale, sep="\n  ")
         return 1

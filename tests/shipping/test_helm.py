@@ -1,0 +1,380 @@
+"""helm/podwire with the real helm (tests/peers.py's helm_bin) and the real kube-apiserver
+(kube_api): lint, render default and full values, create every rendered core object on the
+API server (dry-run for the full values, strict field validation), check the security
+context, the RBAC verbs (and what the ServiceAccount can really do, by SubjectAccessReview),
+the schema rejecting wrong types, every agent setting reaching the container as PODWIRE_*,
+and the embedded alerts/dashboards/gateway config being the shipped ones."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from podwire import config as podwire_config
+from tests.peers import KubeApi, helm_env
+
+pytestmark = pytest.mark.peers
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "podwire"
+FULL = CHART / "ci" / "full-values.yaml"
+KUBE_VERSION = "1.36.3"  # the kube-apiserver tests/peers.py builds
+NAMESPACE = "podwire"
+READ_ONLY_RULES = [
+    {"apiGroups": [""], "resources": ["pods", "services", "nodes"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch"]},
+]
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}  # Prometheus Operator: no CRDs on the test server
+
+
+@pytest.fixture(scope="module")
+def helm(helm_bin: Path, tmp_path_factory: pytest.TempPathFactory):
+    env = helm_env(tmp_path_factory.mktemp("helm-home"))
+
+    def run(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([helm_bin, *map(str, args)], capture_output=True, text=True, env=env)
+        if check:
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc
+
+    return run
+
+
+def _render(helm, *values: str, release: str = "pw") -> list[dict[str, Any]]:
+    out = helm("template", release, CHART, "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION, *values)
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@pytest.fixture(scope="module")
+def default_objects(helm) -> list[dict[str, Any]]:
+    return _render(helm)
+
+
+@pytest.fixture(scope="module")
+def full_objects(helm) -> list[dict[str, Any]]:
+    return _render(helm, "-f", str(FULL))
+
+
+def _one(objs: list[dict], kind: str) -> dict:
+    (obj,) = [o for o in objs if o["kind"] == kind]
+    return obj
+
+
+def _agent_env(objs: list[dict]) -> dict[str, dict]:
+    (container,) = _one(objs, "DaemonSet")["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e for e in container["env"]}
+
+
+# --- lint and schema -------------------------------------------------------------------------
+
+
+def test_helm_lint_passes_for_default_and_full_values(helm) -> None:
+    for extra in ([], ["-f", str(FULL)]):
+        proc = helm("lint", CHART, "--strict", *extra)
+        assert "1 chart(s) linted, 0 chart(s) failed" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ("agent.maxConnections=many", "/agent/maxConnections"),
+        ("agent.vethOnly=maybe", "/agent/vethOnly"),
+        ("agent.spanSampleRatio=2", "/agent/spanSampleRatio"),
+        ("agent.kube=sometimes", "/agent/kube"),
+        ("agent.listenPort=70000", "/agent/listenPort"),
+        ("agent.maxConnectoins=5", "maxConnectoins"),  # a typo is an error, not a silent no-op
+        ("securityContext.privileged=true", "/securityContext/privileged"),
+    ],
+)
+def test_schema_rejects_wrong_types_and_values(helm, setting: str, complaint: str) -> None:
+    proc = helm("lint", CHART, "--set", setting, check=False)
+    assert proc.returncode != 0
+    assert complaint in proc.stdout + proc.stderr
+
+
+# --- rendered objects ---------------------------------------------------------------------------
+
+
+def test_default_render_has_the_agent_objects(default_objects: list[dict]) -> None:
+    kinds = sorted(o["kind"] for o in default_objects)
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "ConfigMap",
+        "ConfigMap",
+        "DaemonSet",
+        "Service",
+        "ServiceAccount",
+    ]
+    for cm in [o for o in default_objects if o["kind"] == "ConfigMap"]:
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        (name,) = cm["data"]
+        assert json.loads(cm["data"][name]) == json.loads((REPO / "dashboards" / name).read_text())
+
+
+@pytest.mark.parametrize("values", ["default", "full"])
+def test_security_context_is_not_privileged_and_adds_only_needed_capabilities(
+    values: str, default_objects: list[dict], full_objects: list[dict]
+) -> None:
+    objs = default_objects if values == "default" else full_objects
+    pod = _one(objs, "DaemonSet")["spec"]["template"]["spec"]
+    assert "privileged: true" not in yaml.safe_dump_all(objs)
+    (c,) = pod["containers"]
+    sc = c["securityContext"]
+    assert sc["privileged"] is False
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert pod["hostNetwork"] is True
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["resources"]["limits"] and c["resources"]["requests"]
+    if values == "default":
+        assert sc["capabilities"]["add"] == ["NET_RAW"]
+        assert pod["hostPID"] is False
+        assert "priorityClassName" not in pod
+    else:  # socketStats on: setns and /proc/<pid>/ns need these and the host PID namespace
+        assert sc["capabilities"]["add"] == ["NET_RAW", "SYS_ADMIN", "SYS_PTRACE"]
+        assert pod["hostPID"] is True
+        assert pod["priorityClassName"] == "system-node-critical"
+
+
+def test_cluster_role_is_read_only_on_exactly_five_resources(full_objects: list[dict]) -> None:
+    role = _one(full_objects, "ClusterRole")
+    assert role["rules"] == READ_ONLY_RULES
+    assert {v for r in role["rules"] for v in r["verbs"]} == {"get", "list", "watch"}
+
+
+def test_every_agent_setting_reaches_the_container_as_podwire_env(full_objects: list[dict]) -> None:
+    env = _agent_env(full_objects)
+    known = {podwire_config.env_name(f) for f in podwire_config._FIELDS}
+    podwire_vars = {k for k in env if k.startswith("PODWIRE_")}
+    # the agent refuses unknown PODWIRE_* variables, and every setting is configurable
+    assert podwire_vars == known
+    values = yaml.safe_load(FULL.read_text())["agent"]
+    literal = {k: e.get("value") for k, e in env.items()}
+    assert literal["PODWIRE_LISTEN"] == f"$(POD_IP):{values['listenPort']}"
+    assert env["PODWIRE_NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert literal["PODWIRE_EXTERNAL_CIDRS"] == "10.96.0.0/12=cluster-services,0.0.0.0/0=internet"
+    assert literal["PODWIRE_SYN_TIMEOUT_S"] == "10.5"
+    assert literal["PODWIRE_MAX_CONNECTIONS"] == "100000"
+    assert literal["PODWIRE_SPAN_SAMPLE_RATIO"] == "0.25"
+    assert literal["PODWIRE_VETH_ONLY"] == "false"
+    assert literal["PODWIRE_INVENTORY"] == "/etc/podwire/inventory.yaml"
+    assert literal["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-agent.observability.svc:4317"
+    assert env["OTEL_EXPORTER_OTLP_HEADERS"]["valueFrom"]["secretKeyRef"] == {
+        "name": "otlp-auth",
+        "key": "headers",
+    }
+    # and the agent's own parser accepts every value the chart renders (POD_IP expanded)
+    resolved = {
+        k: v.replace("$(POD_IP)", "10.0.0.7") for k, v in literal.items() if k.startswith("PODWIRE_") and v
+    }
+    resolved["PODWIRE_NODE_NAME"] = "node-a"
+    settings = podwire_config.load(env=resolved)
+    assert settings.listen == ("10.0.0.7", 9478)
+    assert settings.max_connections == 100000
+    assert settings.external_cidrs == (("10.96.0.0/12", "cluster-services"), ("0.0.0.0/0", "internet"))
+
+
+def test_default_env_parses_with_the_agent_settings_loader(default_objects: list[dict]) -> None:
+    env = _agent_env(default_objects)
+    resolved = {
+        k: e["value"].replace("$(POD_IP)", "10.0.0.7")
+        for k, e in env.items()
+        if k.startswith("PODWIRE_") and "value" in e
+    }
+    settings = podwire_config.load(env=resolved)
+    assert settings.interface_exclude == podwire_config.Settings().interface_exclude
+    assert settings.kube == "on"
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env  # no collector configured, no export
+
+
+def test_prometheus_rule_is_the_plain_rule_file_with_job_and_runbook_prefix(
+    full_objects: list[dict], promtool: Path, tmp_path: Path
+) -> None:
+    rule = _one(full_objects, "PrometheusRule")
+    plain = yaml.safe_load((REPO / "alerts" / "podwire-rules.yaml").read_text())
+    for group in plain["groups"]:
+        for r in group["rules"]:
+            r["annotations"]["runbook_url"] = (
+                "https://git.example.com/podwire/blob/main/" + r["annotations"]["runbook_url"]
+            )
+    assert rule["spec"] == plain
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
+    proc = subprocess.run(
+        [promtool, "check", "rules", tmp_path / "rules.yaml"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_service_monitor_scrapes_the_agents_as_the_alerts_job(full_objects: list[dict]) -> None:
+    sm = _one(full_objects, "ServiceMonitor")
+    svc = next(
+        o
+        for o in full_objects
+        if o["kind"] == "Service"
+        and o["spec"].get("clusterIP") == "None"
+        and o["spec"]["selector"].get("app.kubernetes.io/component") == "agent"
+    )
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    (ep,) = sm["spec"]["endpoints"]
+    assert ep["port"] == svc["spec"]["ports"][0]["name"] and ep["path"] == "/metrics"
+    assert {"action": "replace", "targetLabel": "job", "replacement": "podwire"} in ep["relabelings"]
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_gateway_config_passes_otelcol_validate_with_the_rendered_env(
+    full_objects: list[dict], otelcol_bin: Path, tmp_path: Path
+) -> None:
+    cm = next(
+        o for o in full_objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-gateway")
+    )
+    assert (
+        cm["data"]["config.yaml"].strip() == (REPO / "otel" / "gateway-remote-write.yaml").read_text().strip()
+    )
+    dep = _one(full_objects, "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["PROMETHEUS_REMOTE_WRITE_URL"] == "http://prometheus.monitoring.svc:9090/api/v1/write"
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(cm["data"]["config.yaml"])
+    import os
+
+    proc = subprocess.run(
+        [otelcol_bin, "validate", f"--config={cfg}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # the agents then export to the chart's gateway only when no endpoint is given
+    assert _agent_env(full_objects)["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"].startswith("http://otel-agent")
+
+
+def test_agents_export_to_the_in_chart_gateway_by_default_when_it_is_enabled(helm) -> None:
+    objs = _render(helm, "--set", "gateway.enabled=true")
+    assert (
+        _agent_env(objs)["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"]
+        == f"http://pw-podwire-gateway.{NAMESPACE}.svc:4317"
+    )
+    cm = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-gateway"))
+    assert cm["data"]["config.yaml"].strip() == (REPO / "otel" / "gateway.yaml").read_text().strip()
+
+
+# --- against the real kube-apiserver -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def api(kube_api: KubeApi) -> Iterator[Any]:
+    from kubernetes import client, dynamic
+
+    api_client = kube_api.api_client()
+    core = client.CoreV1Api(api_client)
+    made = []
+    for ns in (NAMESPACE, "monitoring"):
+        with contextlib.suppress(client.ApiException):
+            core.create_namespace({"metadata": {"name": ns}})
+            made.append(ns)
+    try:
+        yield dynamic.DynamicClient(api_client)
+    finally:
+        api_client.close()
+
+
+def _apply(dyn: Any, objs: list[dict], *, dry_run: bool) -> list[str]:
+    """Create each core object (strict field validation); return 'Kind/name' created."""
+    done = []
+    for obj in objs:
+        if obj["kind"] in CRD_KINDS:
+            continue
+        res = dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        params = [("fieldValidation", "Strict")]
+        if dry_run:
+            params.append(("dryRun", "All"))
+        res.create(
+            body=obj,
+            namespace=obj["metadata"].get("namespace") if res.namespaced else None,
+            query_params=params,
+        )
+        done.append(f"{obj['kind']}/{obj['metadata']['name']}")
+    return done
+
+
+def test_full_values_objects_pass_server_side_dry_run(api: Any, full_objects: list[dict]) -> None:
+    done = _apply(api, full_objects, dry_run=True)
+    assert sorted(d.split("/")[0] for d in done) == sorted(
+        o["kind"] for o in full_objects if o["kind"] not in CRD_KINDS
+    )
+
+
+def test_default_objects_are_created_and_the_service_account_can_only_read(
+    api: Any, helm, kube_api: KubeApi
+) -> None:
+    from kubernetes import client
+
+    release = f"pw{uuid.uuid4().hex[:6]}"
+    objs = _render(helm, release=release)
+    created = _apply(api, objs, dry_run=False)
+    assert f"DaemonSet/{release}-podwire" in created
+    api_client = kube_api.api_client()
+    try:
+        authz = client.AuthorizationV1Api(api_client)
+        user = f"system:serviceaccount:{NAMESPACE}:{release}-podwire"
+
+        def allowed(verb: str, resource: str, group: str = "") -> bool:
+            review = authz.create_subject_access_review(
+                {
+                    "spec": {
+                        "user": user,
+                        "groups": ["system:serviceaccounts", f"system:serviceaccounts:{NAMESPACE}"],
+                        "resourceAttributes": {"verb": verb, "resource": resource, "group": group},
+                    }
+                }
+            )
+            return bool(review.status.allowed)
+
+        for verb in ("get", "list", "watch"):
+            assert allowed(verb, "pods")
+            assert allowed(verb, "services")
+            assert allowed(verb, "nodes")
+            assert allowed(verb, "replicasets", "apps")
+            assert allowed(verb, "jobs", "batch")
+        assert not allowed("create", "pods")
+        assert not allowed("delete", "pods")
+        assert not allowed("list", "secrets")
+        assert not allowed("list", "deployments", "apps")
+        assert not allowed("patch", "nodes")
+    finally:
+        api_client.close()
+
+
+def test_helm_install_server_dry_run_prints_notes_with_next_steps(helm, api: Any, kube_api: KubeApi) -> None:
+    # A real `helm install --dry-run=server` against the test API server (its version
+    # satisfies the chart's kubeVersion; server-side it checks every core object too).
+    objs_notes = helm(
+        "install",
+        f"pw{uuid.uuid4().hex[:6]}",
+        CHART,
+        "--namespace",
+        NAMESPACE,
+        "--dry-run=server",
+        "--kubeconfig",
+        kube_api.admin_kubeconfig,
+    ).stdout
+    notes = objs_notes.split("NOTES:", 1)[1]
+    assert "kubectl -n podwire get pods" in notes
+    assert "No OTLP endpoint is set" in notes and "otlp.endpoint=" in notes
+    assert "prometheusRule.enabled=true" in notes
+    assert "grafana_dashboard=1" in notes
