@@ -260,3 +260,21 @@ def test_self_metrics_read_registered_snapshot_sources(receiver: OtlpReceiver, t
     assert [p.value for p in values[n.AGENT_IDENTITY_MISSES]] == [9]
     # the agent's resource names the node, so two agents' series never collide downstream
     assert values[n.AGENT_PACKETS][0].resource["service.instance.id"] == "node-a"
+
+
+def test_a_service_edge_is_not_virtual_but_node_and_host_network_ends_are(
+    receiver: OtlpReceiver, tel: Telemetry
+) -> None:
+    web = pod("web")
+    tel.metrics.on_connection(named(record(server_ip="10.96.0.10", server_port=80), web, service("api")))
+    tel.metrics.on_connection(named(record(side=Side.SERVER), host_pod("kube-proxy"), web))
+    tel.metrics.on_connection(named(record(), web, Identity(IdentityKind.NODE, "node-b")))
+    sg = {
+        (p.attributes["client"], p.attributes["server"]): p.attributes["connection_type"]
+        for p in flushed(receiver, tel, n.SG_REQUEST)
+    }
+    assert sg == {
+        ("web", "api"): "",
+        ("kube-proxy", "web"): "virtual_node",
+        ("web", "node-b"): "virtual_node",
+    }

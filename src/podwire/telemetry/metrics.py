@@ -96,6 +96,12 @@ def counts_here(observed_side: Side | None, client: Identity) -> bool:
     return not is_watched_pod(client)
 
 
+def _sends_spans(ident: Identity) -> bool:
+    """Tempo draws an end without spans of its own as a virtual node.  A Service's backend pods
+    send the server spans (joined through DNAT by the ISN ids), so a Service is not virtual."""
+    return is_watched_pod(ident) or ident.kind is IdentityKind.SERVICE
+
+
 # --- label sets ---------------------------------------------------------------------------
 
 
@@ -414,8 +420,7 @@ class MetricsSink:
             extra = 9
         if self._cfg.client_port:
             attrs[n.CLIENT_PORT] = key[extra]  # type: ignore[assignment]
-        # Tempo: an edge with an end that sends no span of its own is a virtual node
-        virtual = not (is_watched_pod(client) and is_watched_pod(server))
+        virtual = not (_sends_spans(client) and _sends_spans(server))
         sg: Attrs = {
             n.SG_CLIENT: client.workload_name,
             n.SG_SERVER: server.workload_name,
