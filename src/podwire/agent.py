@@ -12,21 +12,26 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from podwire import log
-from podwire.config import Settings
+from podwire.config import ConfigError, Settings
 from podwire.model import (
     Batch,
     ConnectionEvent,
     ConnectionOpened,
     DnsAnswer,
+    Identity,
     NamedConnection,
     PacketSource,
     Resolver,
     Sink,
 )
+from podwire.telemetry.metrics import AgentSnapshot
 from podwire.tracker.tracker import Tracker, TrackerLimits
+
+if TYPE_CHECKING:
+    from podwire.identity.service import IdentityService
 
 _log = log.get("podwire.agent")
 
@@ -74,7 +79,9 @@ class Pipeline:
                     sink.on_opened(event, client, server)
                 continue
             at = event.start_time if event.start_time is not None else event.end_time
-            named = NamedConnection(event, resolve(event.client.address, at), resolve(event.server.address, at))
+            named = NamedConnection(
+                event, resolve(event.client.address, at), resolve(event.server.address, at)
+            )
             for sink in self._sinks:
                 sink.on_connection(named)
 
@@ -133,8 +140,7 @@ def replay(settings: Settings, path: str, fmt: str, out: TextIO) -> int:
         records.write_table(conns, out)
     else:
         records.write_jsonl(conns, out)
-    stats = source.stats() if hasattr(source, "stats") else None
-    _log.info("replay_done", file=path, connections=len(conns), stats=str(stats) if stats else None)
+    _log.info("replay_done", file=path, connections=len(conns), stats=str(source.stats))
     return 0
 
 
@@ -148,39 +154,58 @@ class StartError(Exception):
     """The agent cannot start (not root, missing namespace, bad inventory): one line for the user."""
 
 
-class Agent:
-    """`podwire run`: capture thread + identity + telemetry + HTTP listener."""
+class LockedSink:
+    """Serializes a sink shared by several capture threads (the demo runs one per simulated node)."""
 
-    def __init__(self, settings: Settings, extra_sinks: Sequence[Sink] = ()) -> None:
+    def __init__(self, sink: Sink, lock: threading.Lock) -> None:
+        self._sink, self._lock = sink, lock
+
+    def on_opened(self, event: ConnectionOpened, client: Identity, server: Identity) -> None:
+        with self._lock:
+            self._sink.on_opened(event, client, server)
+
+    def on_connection(self, conn: NamedConnection) -> None:
+        with self._lock:
+            self._sink.on_connection(conn)
+
+
+class NodeCapture:
+    """One capture thread: a LiveCapture (in `settings.netns`) -> tracker -> named events -> sinks."""
+
+    def __init__(self, settings: Settings, resolver: IdentityService, sinks: Sequence[Sink]) -> None:
         from podwire.capture.live import LiveCapture
-        from podwire.identity import build_service
-        from podwire.views.http import HttpServer, health_routes
 
-        self.settings = settings
         try:
             self.capture = LiveCapture(settings)
         except PermissionError as exc:
             raise StartError(f"capture needs root or CAP_NET_RAW: {exc}") from None
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise StartError(f"capture cannot start: {exc}") from None
-        self.identity = build_service(settings)
         self.tracker = Tracker(TrackerLimits.from_settings(settings))
-        sinks: list[Sink] = list(extra_sinks)
-        self.pipeline = Pipeline(self.tracker, self.identity, sinks, self.identity.learn_dns)
-        self.http = HttpServer(*settings.listen)
-        health_routes(self.http, self.ready)
+        self.pipeline = Pipeline(self.tracker, resolver, sinks, resolver.learn_dns)
         self.failed: str | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="podwire-capture", daemon=True)
+        name = f"podwire-capture-{settings.netns}" if settings.netns else "podwire-capture"
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
-    def ready(self) -> bool:
-        return self._thread.is_alive() and self.failed is None and bool(self.identity.ready)
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive() and self.failed is None
 
     def start(self) -> None:
-        self.identity.start()
-        self.http.start()
         self._thread.start()
-        _log.info("agent_started", listen=f"{self.http.address[0]}:{self.http.address[1]}")
+
+    def snapshot(self) -> AgentSnapshot:
+        cap, trk = self.capture.stats(), self.tracker.stats
+        return AgentSnapshot(
+            packets=cap.packets,
+            kernel_drops=cap.kernel_drops,
+            decode_errors=cap.decode_errors,
+            interfaces=cap.interfaces,
+            tracker_entries=trk.entries,
+            tracker_evictions=sum(trk.evictions.values()),
+            tracker_anomalies=dict(trk.anomalies),
+        )
 
     def _loop(self) -> None:
         poll, feed, tick = self.capture.poll, self.pipeline.feed, self.pipeline.tick
@@ -196,19 +221,77 @@ class Agent:
                 if now - last_tick >= TICK_S:
                     tick(now)
                     last_tick = now
-        except Exception as exc:  # a bug, not traffic: report it and let run() exit non-zero
+        except Exception as exc:  # a bug, not traffic (traffic never raises): report, exit non-zero
             _log.exception("capture_loop_failed")
             self.failed = repr(exc)
 
-    def stop(self, deadline_s: float = 5.0) -> None:
-        """Stop capture, then identity and the listener, within `deadline_s` overall."""
-        end = time.monotonic() + deadline_s
+    def stop(self, deadline: float) -> None:
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(max(0.0, end - time.monotonic()))
+            self._thread.join(max(0.0, deadline - time.monotonic()))
         self.capture.close()
-        self.identity.stop(max(0.1, end - time.monotonic()))
-        self.http.stop(max(0.1, end - time.monotonic()))
+
+
+class Agent:
+    """`podwire run`: identity + telemetry + the HTTP listener + one capture thread per namespace.
+
+    `netns_list` (simulations) runs one capture per named namespace; the default is one capture in
+    `settings.netns` (None: the agent's own namespace, as on a real node).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        netns_list: Sequence[str | None] | None = None,
+        extra_sinks: Sequence[Sink] = (),
+    ) -> None:
+        from podwire.identity import build_service
+        from podwire.telemetry.export import Telemetry, metrics_route
+        from podwire.views.http import HttpServer, health_routes
+
+        self.settings = settings
+        self.identity = build_service(settings)
+        self.telemetry = Telemetry(settings)
+        sinks: list[Sink] = [*self.telemetry.sinks, *extra_sinks]
+        namespaces = list(netns_list) if netns_list is not None else [settings.netns]
+        if len(namespaces) > 1:
+            lock = threading.Lock()
+            sinks = [LockedSink(s, lock) for s in sinks]
+        self.captures = [NodeCapture(settings.replace(netns=ns), self.identity, sinks) for ns in namespaces]
+        for node in self.captures:
+            self.telemetry.add_source(node.snapshot)
+        self.telemetry.add_source(self._identity_snapshot)
+        self.http = HttpServer(*settings.listen)
+        health_routes(self.http, self.ready)
+        metrics_route(self.http, self.telemetry)
+
+    def _identity_snapshot(self) -> AgentSnapshot:
+        return AgentSnapshot(identity_misses=self.identity.stats().index.lookups_missed)
+
+    @property
+    def failed(self) -> str | None:
+        return next((c.failed for c in self.captures if c.failed is not None), None)
+
+    def ready(self) -> bool:
+        return all(c.running for c in self.captures) and bool(self.identity.ready)
+
+    def start(self) -> None:
+        self.identity.start()
+        self.http.start()
+        for node in self.captures:
+            node.start()
+        host, port = self.http.address
+        _log.info("agent_started", listen=f"{host}:{port}", captures=len(self.captures))
+
+    def stop(self, deadline_s: float = 5.0) -> None:
+        """Stop capture, identity, export and the listener, within `deadline_s` overall."""
+        deadline = time.monotonic() + deadline_s
+        for node in self.captures:
+            node.stop(deadline)
+        self.identity.stop(max(0.1, deadline - time.monotonic()))
+        self.telemetry.shutdown(max(0.1, deadline - time.monotonic()))
+        self.http.stop(max(0.1, deadline - time.monotonic()))
         _log.info("agent_stopped")
 
 
@@ -222,12 +305,14 @@ class _StopFlag:
 
 def run(settings: Settings) -> int:
     """`podwire run`: the node agent, until SIGTERM/SIGINT."""
+    from podwire.telemetry.export import ExportConfigError
+
     stop = _StopFlag()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
         agent = Agent(settings)
-    except StartError as exc:
+    except (StartError, ConfigError, ExportConfigError) as exc:
         print(f"podwire: {exc}", file=sys.stderr)
         return 2
     agent.start()

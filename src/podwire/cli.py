@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="the node agent",
         description="Capture pod TCP connections on this node and export them. Every setting is also an "
-        "environment variable PODWIRE_<NAME> (e.g. PODWIRE_MAX_CONNECTIONS); OTLP uses the standard OTEL_* ones.",
+        "environment variable PODWIRE_<NAME> (e.g. PODWIRE_MAX_CONNECTIONS); "
+        "OTLP uses the standard OTEL_* ones.",
     )
     run.add_argument("--listen", metavar="ADDR:PORT", help="HTTP listener (default 127.0.0.1:9477)")
     run.add_argument("--netns", help="capture inside this named network namespace (simulations)")
@@ -73,8 +74,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(
         args,
         (
-            "listen", "netns", "inventory", "kube", "kubeconfig", "node_name", "otlp",
-            "interface_include", "interface_exclude", "log_format", "log_level",
+            "listen",
+            "netns",
+            "inventory",
+            "kube",
+            "kubeconfig",
+            "node_name",
+            "otlp",
+            "interface_include",
+            "interface_exclude",
+            "log_format",
+            "log_level",
         ),
     )
     log.configure(settings.log_format, settings.log_level)

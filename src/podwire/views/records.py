@@ -75,7 +75,17 @@ def _num(value: float | int | None, fmt: str = "{}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
-TABLE_HEADER = ("client", "server", "port", "outcome", "closed_by", "c->s bytes", "s->c bytes", "duration_s", "rtt_ms")
+TABLE_HEADER = (
+    "client",
+    "server",
+    "port",
+    "outcome",
+    "closed_by",
+    "c->s bytes",
+    "s->c bytes",
+    "duration_s",
+    "rtt_ms",
+)
 
 
 def table_row(conn: NamedConnection) -> tuple[str, ...]:
@@ -95,8 +105,10 @@ def table_row(conn: NamedConnection) -> tuple[str, ...]:
 
 def write_table(conns: Iterable[NamedConnection], out: TextIO) -> int:
     rows = [table_row(c) for c in conns]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(TABLE_HEADER)]
-    line = "  ".join("{:<%d}" % w for w in widths)
+    widths = [
+        max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(TABLE_HEADER)
+    ]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
     out.write(line.format(*TABLE_HEADER).rstrip() + "\n")
     for row in rows:
         out.write(line.format(*row).rstrip() + "\n")

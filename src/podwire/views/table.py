@@ -86,8 +86,16 @@ class EdgeTable:
         with self._lock:
             rows = [
                 EdgeRow(
-                    r.client, r.server, r.port, dict(r.outcomes), r.bytes_c2s, r.bytes_s2c,
-                    r.duration_sum, r.duration_n, r.duration_max, r.updated,
+                    r.client,
+                    r.server,
+                    r.port,
+                    dict(r.outcomes),
+                    r.bytes_c2s,
+                    r.bytes_s2c,
+                    r.duration_sum,
+                    r.duration_n,
+                    r.duration_max,
+                    r.updated,
                 )
                 for r in self._rows.values()
             ]
@@ -95,8 +103,20 @@ class EdgeTable:
         return rows
 
 
-COLUMNS = ("client", "server", "port", "conns", "closed", "reset", "refused", "timeout",
-           "c->s bytes", "s->c bytes", "avg dur s", "max dur s")
+COLUMNS = (
+    "client",
+    "server",
+    "port",
+    "conns",
+    "closed",
+    "reset",
+    "refused",
+    "timeout",
+    "c->s bytes",
+    "s->c bytes",
+    "avg dur s",
+    "max dur s",
+)
 
 
 def row_cells(row: EdgeRow) -> tuple[str, ...]:
