@@ -355,3 +355,34 @@ def test_tun_interface_gets_the_raw_ip_filter_and_decoder(pods: Pods) -> None:
             cap.close()
     finally:
         os.close(fd)
+
+
+def test_stats_and_interfaces_are_safe_from_another_thread_while_links_come_and_go(
+    pods: Pods, capture: LiveCapture
+) -> None:
+    import threading
+
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                capture.stats()
+                capture.interfaces()
+        except BaseException as exc:  # any race shows up here
+            errors.append(exc)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for _ in range(4):
+            i = pods.add_pod()
+            wait_for(capture, lambda: pods.host_ifs[i] in {c.name for c in capture.interfaces()}, 1.0)
+            pods.remove_pod_link(i)
+            wait_for(capture, lambda: pods.host_ifs[i] not in {c.name for c in capture.interfaces()}, 1.0)
+    finally:
+        stop.set()
+        t.join()
+    assert errors == []
+    assert capture.stats().interfaces_opened == 5

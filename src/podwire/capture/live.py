@@ -7,6 +7,10 @@ a deleted pod is not lost).  Nothing runs in a thread of its own.
 
 With `settings.netns` every socket (rings and netlink) is created inside that named namespace;
 the caller's thread returns to its own namespace at once and the sockets stay behind.
+
+`poll()` belongs to one thread; `stats()` and `interfaces()` may be called from any other (the
+agent's /metrics and health views): a lock guards the ring table and the kernel counters, taken
+once per change or snapshot, never per packet.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import selectors
+import threading
 import time
 from dataclasses import dataclass
 
@@ -93,6 +98,7 @@ class LiveCapture:
         self._open_failures = 0
         self._last_stats = 0.0
         self._closed = False
+        self._lock = threading.Lock()  # ring table + kernel counters (see module docstring)
         self._sel = selectors.EpollSelector()
         with netns.inside(settings.netns):
             self._watch = InterfaceWatch(self._filter)
@@ -135,19 +141,24 @@ class LiveCapture:
     # ---- introspection ---------------------------------------------------------------------
 
     def interfaces(self) -> list[CapturedInterface]:
-        return [CapturedInterface(r.ifindex, r.name) for r in self._rings.values()]
+        with self._lock:
+            return [CapturedInterface(r.ifindex, r.name) for r in self._rings.values()]
 
     def stats(self) -> CaptureStats:
         self._read_kernel_stats()
         d = self._decoder.stats
+        with self._lock:
+            rings = list(self._rings.values())
+            kernel_packets = self._closed_kernel_packets + sum(r.kernel_packets for r in rings)
+            kernel_drops = self._closed_drops + sum(r.drops for r in rings)
         return CaptureStats(
             packets=self._packets,
             segments=d.segments,
-            kernel_packets=self._closed_kernel_packets + sum(r.kernel_packets for r in self._rings.values()),
-            kernel_drops=self._closed_drops + sum(r.drops for r in self._rings.values()),
+            kernel_packets=kernel_packets,
+            kernel_drops=kernel_drops,
             decode_errors=d.errors,
             dns_answers=self._decoder.dns_stats.answers,
-            interfaces=len(self._rings),
+            interfaces=len(rings),
             interfaces_opened=self._opened,
             interfaces_closed=self._removed,
             open_failures=self._open_failures,
@@ -161,9 +172,10 @@ class LiveCapture:
     # ---- internals -------------------------------------------------------------------------
 
     def _read_kernel_stats(self) -> None:
-        for ring in self._rings.values():
-            with contextlib.suppress(OSError):
-                ring.read_stats()
+        with self._lock:
+            for ring in self._rings.values():
+                with contextlib.suppress(OSError):
+                    ring.read_stats()
 
     def _apply(self, changes: list[LinkChange], segments: list[Segment]) -> None:
         for change in changes:
@@ -177,7 +189,8 @@ class LiveCapture:
     def _open(self, link: Link) -> None:
         known = self._rings.get(link.ifindex)
         if known is not None:
-            known.name = link.name  # a rename: the ring is bound to the ifindex and stays
+            with self._lock:
+                known.name = link.name  # a rename: the ring is bound to the ifindex and stays
             return
         linktype = _LINKTYPE_BY_HATYPE.get(link.hatype)
         if linktype is None:
@@ -202,7 +215,8 @@ class LiveCapture:
                 "cannot capture interface", interface=link.name, ifindex=link.ifindex, error=str(exc)
             )
             return
-        self._rings[link.ifindex] = ring
+        with self._lock:
+            self._rings[link.ifindex] = ring
         self._ring_decode[link.ifindex] = self._decoders[linktype]
         self._sel.register(ring.fileno(), selectors.EVENT_READ, ring)
         self._opened += 1
@@ -212,9 +226,10 @@ class LiveCapture:
         # Frames already in the ring are the connection's last words: read them first.
         self._packets += ring.drain(self._ring_decode.pop(ring.ifindex), segments, 0)
         self._sel.unregister(ring.fileno())
-        ring.close()
-        self._closed_drops += ring.drops
-        self._closed_kernel_packets += ring.kernel_packets
-        del self._rings[ring.ifindex]
+        with self._lock:
+            ring.close()
+            self._closed_drops += ring.drops
+            self._closed_kernel_packets += ring.kernel_packets
+            del self._rings[ring.ifindex]
         self._removed += 1
         _log.info("stopped capturing interface", interface=ring.name, ifindex=ring.ifindex)
