@@ -141,6 +141,18 @@ class _Hist:
         self.min = float("inf")
         self.max = float("-inf")
 
+    def copy(self) -> _Hist:
+        h = _Hist.__new__(_Hist)
+        h.bounds, h.counts, h.count, h.sum, h.min, h.max = (
+            self.bounds,
+            self.counts.copy(),
+            self.count,
+            self.sum,
+            self.min,
+            self.max,
+        )
+        return h
+
     def record(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.count += 1
@@ -188,6 +200,16 @@ class _Edge:
         self.sg_failed = 0
         self.sg_server = _Hist(n.SG_BUCKETS)
         self.sg_client = _Hist(n.SG_BUCKETS)
+
+    def copy(self) -> _Edge:
+        e = _Edge.__new__(_Edge)
+        e.attrs, e.sg_attrs, e.start_ns = self.attrs, self.sg_attrs, self.start_ns
+        e.outcomes, e.bytes, e.failures = self.outcomes.copy(), self.bytes.copy(), self.failures.copy()
+        e.resets, e.active, e.active_seen = self.resets.copy(), self.active, self.active_seen
+        e.dur, e.hs = self.dur.copy(), self.hs.copy()
+        e.sg_total, e.sg_failed = self.sg_total, self.sg_failed
+        e.sg_server, e.sg_client = self.sg_server.copy(), self.sg_client.copy()
+        return e
 
 
 def _overflow_edge(cfg: LabelConfig, start_ns: int) -> _Edge:
@@ -510,41 +532,43 @@ class MetricsSink:
         sg_server: list[HistogramDataPoint] = []
         sg_client: list[HistogramDataPoint] = []
         with self._lock:
-            edges = list(self._edges.values())
+            live = list(self._edges.values())
             if self._overflow is not None:
-                edges.append(self._overflow)
-            for e in edges:
-                a, t0 = e.attrs, e.start_ns
-                for i, count in enumerate(e.outcomes):
-                    if count:
-                        conns.append(NumberDataPoint({**a, n.OUTCOME: _OUTCOMES[i].value}, t0, now, count))
-                if e.bytes[0]:
-                    bytes_.append(NumberDataPoint({**a, **c2s}, t0, now, e.bytes[0]))
-                if e.bytes[1]:
-                    bytes_.append(NumberDataPoint({**a, **s2c}, t0, now, e.bytes[1]))
-                if e.failures[0]:
-                    fails.append(
-                        NumberDataPoint({**a, n.REASON: Outcome.REFUSED.value}, t0, now, e.failures[0])
-                    )
-                if e.failures[1]:
-                    fails.append(
-                        NumberDataPoint({**a, n.REASON: Outcome.TIMEOUT.value}, t0, now, e.failures[1])
-                    )
-                for i, count in enumerate(e.resets):
-                    if count:
-                        resets.append(NumberDataPoint({**a, n.SENDER: _SENDERS[i]}, t0, now, count))
-                if e.active_seen:
-                    active.append(NumberDataPoint(a, t0, now, e.active))
-                if e.dur.count:
-                    dur.append(_hist_point(e.dur, a, t0, now))
-                if e.hs.count:
-                    hs.append(_hist_point(e.hs, a, t0, now))
-                if e.sg_total:
-                    sg_total.append(NumberDataPoint(e.sg_attrs, t0, now, e.sg_total))
-                    sg_server.append(_hist_point(e.sg_server, e.sg_attrs, t0, now))
-                    sg_client.append(_hist_point(e.sg_client, e.sg_attrs, t0, now))
-                if e.sg_failed:
-                    sg_failed.append(NumberDataPoint(e.sg_attrs, t0, now, e.sg_failed))
+                live.append(self._overflow)
+        # Copy in chunks under the lock (each edge consistent, e.g. a histogram's count and buckets),
+        # build the points outside it: the capture thread never waits for more than one chunk.
+        edges: list[_Edge] = []
+        for i in range(0, len(live), _CHUNK):
+            with self._lock:
+                edges.extend(e.copy() for e in live[i : i + _CHUNK])
+        for e in edges:
+            a, t0 = e.attrs, e.start_ns
+            for i, count in enumerate(e.outcomes):
+                if count:
+                    conns.append(NumberDataPoint({**a, n.OUTCOME: _OUTCOMES[i].value}, t0, now, count))
+            if e.bytes[0]:
+                bytes_.append(NumberDataPoint({**a, **c2s}, t0, now, e.bytes[0]))
+            if e.bytes[1]:
+                bytes_.append(NumberDataPoint({**a, **s2c}, t0, now, e.bytes[1]))
+            if e.failures[0]:
+                fails.append(NumberDataPoint({**a, n.REASON: Outcome.REFUSED.value}, t0, now, e.failures[0]))
+            if e.failures[1]:
+                fails.append(NumberDataPoint({**a, n.REASON: Outcome.TIMEOUT.value}, t0, now, e.failures[1]))
+            for i, count in enumerate(e.resets):
+                if count:
+                    resets.append(NumberDataPoint({**a, n.SENDER: _SENDERS[i]}, t0, now, count))
+            if e.active_seen:
+                active.append(NumberDataPoint(a, t0, now, e.active))
+            if e.dur.count:
+                dur.append(_hist_point(e.dur, a, t0, now))
+            if e.hs.count:
+                hs.append(_hist_point(e.hs, a, t0, now))
+            if e.sg_total:
+                sg_total.append(NumberDataPoint(e.sg_attrs, t0, now, e.sg_total))
+                sg_server.append(_hist_point(e.sg_server, e.sg_attrs, t0, now))
+                sg_client.append(_hist_point(e.sg_client, e.sg_attrs, t0, now))
+            if e.sg_failed:
+                sg_failed.append(NumberDataPoint(e.sg_attrs, t0, now, e.sg_failed))
         # Tempo's series share label sets per edge, so several podwire edges (ports, kinds) can fold
         # into one service-graph edge: merge them.
         sg_total, sg_failed = _merge_sums(sg_total), _merge_sums(sg_failed)
@@ -580,6 +604,7 @@ class MetricsSink:
 
 
 _CUMULATIVE = AggregationTemporality.CUMULATIVE
+_CHUNK = 512  # edges copied per lock hold in produce()
 
 
 def _hist_point(h: _Hist, attrs: Attrs, t0: int, now: int) -> HistogramDataPoint:
