@@ -24,10 +24,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.telemetry.factory import named, opened_for, pod, record  # noqa: E402
+
 from podwire import log  # noqa: E402
 from podwire.config import Settings  # noqa: E402
 from podwire.telemetry.export import Telemetry  # noqa: E402
-from tests.telemetry.factory import named, opened_for, pod, record  # noqa: E402
 
 
 def _receiver_main(conn: mp.connection.Connection) -> None:
@@ -55,12 +56,16 @@ def _workload(count: int, edges: int) -> list[tuple[object, object, object]]:
     out = []
     for _ in range(count):
         i = rng.randrange(edges)
-        rec = record(duration=rng.uniform(0.001, 2.0), c2s=rng.randrange(100, 10000), s2c=rng.randrange(100, 100000))
+        rec = record(
+            duration=rng.uniform(0.001, 2.0), c2s=rng.randrange(100, 10000), s2c=rng.randrange(100, 100000)
+        )
         out.append((opened_for(rec), clients[i], servers[i], named(rec, clients[i], servers[i])))
     return out  # type: ignore[return-value]
 
 
-def run(label: str, spans: bool, env: dict[str, str], work: list, ctl: mp.connection.Connection) -> dict[str, float]:
+def run(
+    label: str, spans: bool, env: dict[str, str], work: list, ctl: mp.connection.Connection
+) -> dict[str, float]:
     ctl.send("clear")
     ctl.recv()
     t = Telemetry(Settings(otlp="on", node_name="node-a", spans=spans, export_queue_size=len(work) + 10), env)
@@ -99,13 +104,40 @@ def sdk_counter_add_us(reps: int = 20000) -> float:
 
     mp_ = MeterProvider(metric_readers=[InMemoryMetricReader(), InMemoryMetricReader()])
     c = mp_.get_meter("bench").create_counter("c")
-    attrs = {"client.workload": "a", "client.workload.kind": "Deployment", "client.namespace": "ns",
-             "server.workload": "b", "server.workload.kind": "StatefulSet", "server.namespace": "ns",
-             "server.port": 8080, "outcome": "closed"}
+    attrs = {
+        "client.workload": "a",
+        "client.workload.kind": "Deployment",
+        "client.namespace": "ns",
+        "server.workload": "b",
+        "server.workload.kind": "StatefulSet",
+        "server.namespace": "ns",
+        "server.port": 8080,
+        "outcome": "closed",
+    }
     began = time.perf_counter()
     for _ in range(reps):
         c.add(1, attrs)
     return (time.perf_counter() - began) / reps * 1e6
+
+
+def collection_cost(edges: int = 5000) -> tuple[float, float]:
+    """produce() per edge (reader thread), and bytes of edge state per edge."""
+    import tracemalloc
+
+    from podwire.telemetry.metrics import LabelConfig, MetricsSink
+
+    sink = MetricsSink(LabelConfig(max_series=edges + 1))
+    db = pod("db")
+    recs = [named(record(), pod(f"w{i}"), db) for i in range(edges)]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for r in recs:
+        sink.on_connection(r)
+    per_edge_bytes = (tracemalloc.get_traced_memory()[0] - before) / edges
+    tracemalloc.stop()
+    began = time.process_time()
+    sink.produce()
+    return (time.process_time() - began) / edges * 1e6, per_edge_bytes
 
 
 def main() -> int:
@@ -133,6 +165,7 @@ def main() -> int:
             run("metrics + 100% spans", True, env, work, parent),
         ]
         sdk_add = sdk_counter_add_us()
+        produce_us, edge_bytes = collection_cost()
     finally:
         parent.send("stop")
         proc.join(10)
@@ -140,15 +173,31 @@ def main() -> int:
             proc.kill()
     print(f"{'mode':<24}{'hot µs/conn':>12}{'cpu µs/conn':>12}{'span B/conn':>12}{'metrics B/export':>18}")
     for r in rows:
-        print(f"{r['label']:<24}{r['hot_us']:>12.1f}{r['cpu_us']:>12.1f}{r['span_bytes_per_conn']:>12.0f}"
-              f"{r['metric_bytes_per_export']:>18.0f}")
+        print(
+            f"{r['label']:<24}{r['hot_us']:>12.1f}{r['cpu_us']:>12.1f}{r['span_bytes_per_conn']:>12.0f}"
+            f"{r['metric_bytes_per_export']:>18.0f}"
+        )
     per_series = rows[0]["metric_bytes_per_export"] / args.edges
     print(f"metrics bytes per export per edge ({args.edges} edges): {per_series:.0f}")
+    print(
+        f"collection: {produce_us:.1f} µs CPU per edge series per reader; edge state {edge_bytes:.0f} B/edge"
+    )
     print(f"(avoided) one SDK Counter.add with 8 edge attributes, 2 readers: {sdk_add:.1f} µs")
     out = ROOT / "benchmarks" / "results" / "telemetry_cost.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "edges": args.edges, "metric_bytes_per_export_per_edge": per_series,
-                               "sdk_counter_add_us": sdk_add}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "rows": rows,
+                "edges": args.edges,
+                "metric_bytes_per_export_per_edge": per_series,
+                "sdk_counter_add_us": sdk_add,
+                "produce_us_per_edge": produce_us,
+                "edge_state_bytes": edge_bytes,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out.relative_to(ROOT)}")
     return 0
 
