@@ -508,6 +508,31 @@ def test_survives_dropped_connections_without_losing_or_keeping_stale_entries(
         assert pods.relists == 0  # resumed from its resourceVersion: no relist needed
 
 
+def _expire_watch_window(kube_api: KubeApi, kube: Kube) -> None:
+    """Make RV 1 too old for the API server's pod watch cache, as on a busy cluster.
+
+    The cache keeps a window of recent events; it grows while its oldest event is under 75 s
+    old and drops the oldest events after that.  So once the server has run 75 s, a few
+    hundred pod updates push everything from its start out of the window, and a watch from
+    resourceVersion 1 is answered with 410 Gone ("too old resource version").
+    """
+    started = (kube_api.data_dir / "kube-apiserver.log").stat().st_ctime
+    time.sleep(max(0.0, started + 80.0 - time.time()))
+    kube.pod("churner")
+    for i in range(600):
+        kube.core.patch_namespaced_pod("churner", kube.ns, {"metadata": {"labels": {"n": str(i)}}})
+    with pytest.raises(ApiException) as info:
+        # Proof that the server itself now says 410 for this RV (not our test plumbing).
+        resp = kube.core.list_pod_for_all_namespaces(
+            watch=True, resource_version="1", timeout_seconds=1, _preload_content=False
+        )
+        first = json.loads(resp.data.splitlines()[0])
+        resp.release_conn()
+        if first["type"] == "ERROR":
+            raise ApiException(status=first["object"]["code"], reason=first["object"]["message"])
+    assert info.value.status == 410, info.value
+
+
 def test_survives_410_gone_by_relisting(kube_api: KubeApi, kube: Kube, proxy: tuple[Proxy, Path]):
     relay, kubeconfig = proxy
     keep_ip, gone_ip, new_ip = fresh_ip(), fresh_ip(), fresh_ip()
@@ -520,8 +545,9 @@ def test_survives_410_gone_by_relisting(kube_api: KubeApi, kube: Kube, proxy: tu
         relay.cut()
         kube.delete_pod("goner")
         kube.pod("newcomer", new_ip)
-        # Resume from a resourceVersion the server has long forgotten (what an agent holds after
-        # compaction or an API server restart): the server answers 410 Gone.
+        _expire_watch_window(kube_api, kube)
+        # The agent resumes from a resourceVersion the server has forgotten (as after a long
+        # outage): 410 Gone, so it must relist and diff.
         src.reconnect("pods", resource_version="1")
         relay.restore()
         wait_for(lambda: src.kind_state("pods").relists >= 1, what="410 -> relist")
