@@ -307,6 +307,23 @@ class OtlpReceiver:
                         )
         return out
 
+    def span_pairs(self) -> dict[bytes, dict[str, ReceivedSpan]]:
+        """trace id -> {"client": span, "server": span} (either may be missing): what live tests check."""
+        out: dict[bytes, dict[str, ReceivedSpan]] = {}
+        for span in self.spans():
+            role = {3: "client", 2: "server"}.get(span.kind)
+            if role is not None:
+                out.setdefault(span.trace_id, {})[role] = span
+        return out
+
+    def totals(self, name: str, key: str | None = None) -> dict[Any, float]:
+        """Latest cumulative value of a sum metric, summed over series (by one attribute if given)."""
+        out: dict[Any, float] = {}
+        for p in self.latest_points(name):
+            k = p.attributes.get(key) if key else None
+            out[k] = out.get(k, 0) + (p.value if p.value is not None else (p.count or 0))
+        return out
+
     @staticmethod
     def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
         end = time.monotonic() + timeout

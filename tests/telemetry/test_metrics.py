@@ -134,6 +134,7 @@ def test_edge_instruments_carry_exact_names_units_attributes_and_values(
             "server.port": 8080,
         }
         conns = by(flushed(receiver, t, n.TCP_CONNECTIONS), n.OUTCOME)
+        assert receiver.totals(n.TCP_CONNECTIONS) == {None: 6}
         assert {k: p.value for k, p in conns.items()} == {"closed": 3, "reset": 1, "refused": 1, "timeout": 1}
         for outcome, p in conns.items():
             assert p.attributes == {**edge, "outcome": outcome}

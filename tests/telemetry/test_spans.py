@@ -129,6 +129,8 @@ def test_sampling_is_deterministic_so_both_ends_keep_the_same_connections(receiv
         client_traces = {s.trace_id for s in spans if s.kind == CLIENT_KIND}
         server_traces = {s.trace_id for s in spans if s.kind == SERVER_KIND}
         assert client_traces == server_traces == expected
+        pairs = receiver.span_pairs()
+        assert all(p["server"].parent_span_id == p["client"].span_id for p in pairs.values())
         assert 80 <= len(expected) <= 160  # ~30% of 400
     finally:
         node_a.shutdown(3)
