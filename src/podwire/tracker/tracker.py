@@ -331,15 +331,14 @@ class _Entry:
     32-bit sequence numbers; byte counts are derived only when the record is built."""
 
     __slots__ = (
-        "before",  # started before capture (mid-stream)
         "c_ack",  # latest ack the client sent on a FIN/RST (server's position)
         "c_fin",  # client FIN end position: seq + payload_len
         "c_rst",  # client RST seq
         "cisn",
         "client",  # Endpoint, built once
         "first",  # CloseInitiator of the first FIN-or-RST sender
-        "guessed",
         "key",
+        "midstream",  # no SYN/SYN-ACK seen: started before capture, roles guessed from ports
         "rtt",
         "s_ack",
         "s_fin",
@@ -373,8 +372,7 @@ class _Entry:
         self.c_ack: int | None = None
         self.s_ack: int | None = None
         self.first: CloseInitiator | None = None
-        self.before = False
-        self.guessed = False
+        self.midstream = False
         self.client: Endpoint | None = None
         self.server: Endpoint | None = None
         self.syn_len = 0
@@ -634,7 +632,10 @@ class Tracker:
     def _record(
         self, entry: _Entry, outcome: Outcome, end: float | None, initiator: CloseInitiator | None
     ) -> ConnectionRecord:
-        client, server = self._endpoints_of(entry)
+        client = entry.client
+        server = entry.server
+        if client is None or server is None:  # no ConnectionOpened was built
+            client, server = self._endpoints_of(entry)
         c2s: int | None
         s2c: int | None
         if outcome is _REFUSED:
@@ -672,8 +673,8 @@ class Tracker:
             c2s,
             s2c,
             entry.rtt,
-            entry.before,
-            entry.guessed,
+            entry.midstream,
+            entry.midstream,
             entry.cisn,
             entry.sisn,
             entry.side,
@@ -687,10 +688,15 @@ class Tracker:
         initiator: CloseInitiator | None,
         now: float,
     ) -> ConnectionRecord:
-        """End a live entry: build its record, keep it as recently finished."""
+        """End a live entry: build its record, keep it as recently finished (see _bury)."""
         del self._phase[entry.state][entry]
         record = self._record(entry, outcome, end, initiator)
-        self._bury(entry, now)
+        recent = self._recent
+        if len(recent) >= self._max_recent:
+            self._forget(next(iter(recent)))
+        entry.since = now
+        entry.state = _NEW
+        recent[entry] = None
         return record
 
     @staticmethod
@@ -764,7 +770,17 @@ class Tracker:
 
     def _do_fin_first(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
         assert entry is not None
-        self._note_fin(entry, seg, from_client)
+        end = (seg.seq + seg.payload_len) & _MASK
+        if from_client:
+            entry.c_fin = end
+            entry.first = _CLIENT
+            if seg.flags & ACK:
+                entry.c_ack = seg.ack
+        else:
+            entry.s_fin = end
+            entry.first = _SERVER
+            if seg.flags & ACK:
+                entry.s_ack = seg.ack
         del self._phase[entry.state][entry]  # half-open or established, never closing
         self._closing[entry] = None
         entry.state = rule.next_state
@@ -783,7 +799,7 @@ class Tracker:
             _side(seg.from_local, from_client),
         )
         new.start = None
-        new.before = new.guessed = True
+        new.midstream = True
         self._note_fin(new, seg, from_client)
         self._admit(new, self._closing)
         return _NONE
@@ -845,7 +861,7 @@ class Tracker:
             self._new_key(seg, from_client), _NEW, seg.ts, None, None, _side(seg.from_local, from_client)
         )
         new.start = None
-        new.before = new.guessed = True
+        new.midstream = True
         record = self._record(new, _RESET, seg.ts, _CLIENT if from_client else _SERVER)
         self._entries[new.key] = new  # finished at once: absorbs the RSTs that often follow
         self._bury(new, seg.ts)
