@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+pytestmark = pytest.mark.peers  # the Go-built otelcol-podwire
+
 REPO = Path(__file__).resolve().parents[2]
 OTEL = REPO / "otel"
 MANIFEST = OTEL / "builder-config.yaml"

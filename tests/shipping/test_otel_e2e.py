@@ -38,6 +38,8 @@ from tests.shipping.prometheus_server import Prometheus, free_port, running
 from tests.shipping.promql_names import load_contract, substitute_grafana
 from tests.shipping.test_queries_prometheus import _all_dashboard_queries
 
+pytestmark = pytest.mark.peers  # the Go-built otelcol-podwire
+
 REPO = Path(__file__).resolve().parents[2]
 OTEL = REPO / "otel"
 
