@@ -266,15 +266,32 @@ class OtlpReceiver:
                                     p.time_unix_nano,
                                 )
 
-    def latest_points(self, name: str) -> list[Point]:
-        """The points of `name` from the newest metrics request that carried it (cumulative)."""
+    def latest_points(self, name: str, instance: str | None = None) -> list[Point]:
+        """The points of `name` from the newest metrics request that carried it (cumulative).
+
+        With several agents sending, pass `instance` (their service.instance.id, the node name),
+        or use `latest_points_all` for the newest points of every agent together.
+        """
         with self._lock:
             requests = list(self.metric_requests)
         for req in reversed(requests):
-            pts = [p for p in self._iter_points([req]) if p.name == name]
+            pts = [
+                p
+                for p in self._iter_points([req])
+                if p.name == name and (instance is None or p.resource.get("service.instance.id") == instance)
+            ]
             if pts:
                 return pts
         return []
+
+    def latest_points_all(self, name: str) -> list[Point]:
+        """The newest cumulative points of `name` from every agent (by service.instance.id)."""
+        with self._lock:
+            requests = list(self.metric_requests)
+        instances = {
+            p.resource.get("service.instance.id") for p in self._iter_points(requests) if p.name == name
+        }
+        return [p for i in sorted(instances, key=str) for p in self.latest_points(name, i)]
 
     def metric_names(self) -> set[str]:
         with self._lock:
@@ -317,9 +334,9 @@ class OtlpReceiver:
         return out
 
     def totals(self, name: str, key: str | None = None) -> dict[Any, float]:
-        """Latest cumulative value of a sum metric, summed over series (by one attribute if given)."""
+        """Latest cumulative value of a metric over every agent and series (by one attribute if given)."""
         out: dict[Any, float] = {}
-        for p in self.latest_points(name):
+        for p in self.latest_points_all(name):
             k = p.attributes.get(key) if key else None
             out[k] = out.get(k, 0) + (p.value if p.value is not None else (p.count or 0))
         return out
