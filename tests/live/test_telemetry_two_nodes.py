@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,6 +128,19 @@ def test_two_agents_count_each_connection_once_and_pair_its_spans_through_dnat(
         assert via_service.resource["service.instance.id"] == "node-b"  # the client's node counted it
         bytes_ = receiver.totals(n.TCP_BYTES, n.DIRECTION)  # exact payload bytes, from sequence numbers
         assert bytes_ == {"client_to_server": 300.0 * 3 * PER_EDGE, "server_to_client": 700.0 * 3 * PER_EDGE}
+
+        assert receiver.totals(n.TCP_CONNECTIONS_ACTIVE) == {None: 0}  # +1 at each open, -1 at its close
+        assert receiver.totals(n.TCP_HANDSHAKE_DURATION) == {None: 3 * PER_EDGE}
+        assert receiver.totals(n.TCP_CONNECTION_DURATION) == {None: 3 * PER_EDGE}
+        # the same numbers on each agent's own /metrics (pull mode)
+        pulled = 0.0
+        for agent in agents:
+            host, port = agent.http.address
+            with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith("podwire_tcp_connections_total{") and 'outcome="closed"' in line:
+                        pulled += float(line.rsplit(" ", 1)[1])
+        assert pulled == 3 * PER_EDGE
 
         def complete() -> dict[bytes, dict[str, object]]:
             pairs = receiver.span_pairs()

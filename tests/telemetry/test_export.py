@@ -355,3 +355,29 @@ def test_slow_collector_never_slows_the_capture_thread() -> None:
             began = time.monotonic()
             t.shutdown(2.0)
             assert time.monotonic() - began < 2.5
+
+
+def test_metrics_text_has_each_sample_once_after_flushes_and_concurrent_scrapes(
+    receiver: OtlpReceiver,
+) -> None:
+    import concurrent.futures
+
+    t = Telemetry(Settings(otlp="on", node_name="node-a", spans=False), receiver.env("grpc", 600_000))
+    try:
+        t.metrics.on_connection(named(record(), pod("web"), pod("db")))
+        for _ in range(3):
+            assert t.force_flush(5)  # pushes OTLP; must not queue collections for /metrics
+
+        def closed_samples(text: bytes) -> list[str]:
+            return [
+                line
+                for line in text.decode().splitlines()
+                if line.startswith("podwire_tcp_connections_total{")
+            ]
+
+        assert [line.rsplit(" ", 1)[1] for line in closed_samples(t.metrics_text())] == ["1.0"]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            texts = list(pool.map(lambda _: t.metrics_text(), range(32)))
+        assert all(len(closed_samples(text)) == 1 for text in texts)
+    finally:
+        t.shutdown(3)

@@ -248,6 +248,12 @@ class _PrometheusReader(PrometheusMetricReader):
     ) -> None:
         super()._receive_metrics(self._producer.merge_into(metrics_data), timeout_millis, **kwargs)
 
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        # A pull reader has nothing to flush.  The base class would collect, and that collection
+        # would wait in the exporter's queue until the next scrape, which renders every queued
+        # collection: duplicate samples, and a queue that grows while nobody scrapes.
+        return True
+
 
 # --- span plumbing -------------------------------------------------------------------------------
 
@@ -395,6 +401,7 @@ class Telemetry:
         self.metrics._max_open = settings.max_connections
         producer = MetricsProducer(self.scope, [self.metrics])
         self.registry = CollectorRegistry(auto_describe=True)
+        self._scrape_lock = threading.Lock()
         readers: list[MetricReader] = [_PrometheusReader(producer, self.registry)]
         self._metric_reader: PeriodicExportingMetricReader | None = None
         if self.otlp.enabled:
@@ -473,8 +480,12 @@ class Telemetry:
         return _FastHttpSpanExporter(endpoint=o.traces_endpoint, headers=dict(o.headers), timeout=o.timeout_s)
 
     def metrics_text(self) -> bytes:
-        """The Prometheus exposition (a collection runs now, on the caller's thread)."""
-        return generate_latest(self.registry)
+        """The Prometheus exposition (a collection runs now, on the caller's thread).
+
+        Serialised: the SDK's Prometheus reader queues each collection until it is rendered, so two
+        concurrent scrapes could otherwise render one collection twice and the other none."""
+        with self._scrape_lock:
+            return generate_latest(self.registry)
 
     def force_flush(self, timeout_s: float = 10.0) -> bool:
         """Export now: pending spans first, then a metrics collection (tests, shutdown)."""
@@ -482,7 +493,7 @@ class Telemetry:
         if self.span_processor is not None:
             ok = self.span_processor.force_flush(int(timeout_s * 1000)) and ok
         if self._metric_reader is not None:
-            ok = bool(self.meter_provider.force_flush(int(timeout_s * 1000))) and ok
+            ok = bool(self._metric_reader.force_flush(timeout_s * 1000)) and ok
         return ok
 
     def shutdown(self, deadline_s: float = 5.0) -> bool:
