@@ -22,7 +22,6 @@ from podwire.config import Settings
 from podwire.demo.cluster import Cluster
 from podwire.demo.inventory import write_inventory
 from podwire.telemetry import names as n
-from tests.live.conftest import *  # noqa: F403  (cluster fixtures)
 from tests.live.harness import client_socket, listener, read_to_eof
 from tests.otlp_receiver import OtlpReceiver
 
