@@ -185,5 +185,22 @@ def test_no_span_without_a_syn_or_a_close_and_pcap_records_give_both_ends(receiv
         assert sorted(s.kind for s in pcap_spans) == [SERVER_KIND, CLIENT_KIND]
         (ext,) = [s for s in spans if s.attributes["server.port"] == 443]
         assert ext.kind == CLIENT_KIND and ext.attributes["peer.service"] == "example.com"
+        assert ext.parent_span_id == b""
+    finally:
+        t.shutdown(3)
+
+
+def test_server_span_of_an_external_client_is_a_root_naming_the_client_as_peer(
+    receiver: OtlpReceiver,
+) -> None:
+    t = agent(receiver, "node-b")
+    try:
+        rec = record(side=Side.SERVER, client_ip="203.0.113.9")
+        t.spans.on_connection(named(rec, external("partner-api"), pod("api")))  # type: ignore[union-attr]
+        flush(t)
+        (span,) = receiver.wait_for(receiver.spans)
+        assert span.kind == SERVER_KIND and span.parent_span_id == b""
+        assert span.attributes["peer.service"] == "partner-api"
+        assert span.trace_id == span_ids(rec.client_isn or 0, rec.server_isn).trace_id.to_bytes(16, "big")
     finally:
         t.shutdown(3)

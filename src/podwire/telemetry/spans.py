@@ -23,7 +23,7 @@ Decisions:
   one capture of the whole conversation) the CLIENT span is emitted when the client is a watched
   pod or the server is not, and the SERVER span when the server is a watched pod.
 - `peer.service` names the peer when it sends no span of its own (not an agent-watched pod), so
-  Tempo draws a virtual node for it.
+  Tempo draws a virtual node for it; a SERVER span whose client sends no span is a root span.
 
 Cost: one TracerProvider per resource would be expensive, so ReadableSpan objects are built here
 with a cached Resource per workload (bounded LRU) and handed straight to a span processor.
@@ -217,7 +217,9 @@ class SpanSink:
             parent = None
         else:
             context = SpanContext(ids.trace_id, ids.server_span_id, False, _SAMPLED)
-            parent = SpanContext(ids.trace_id, ids.client_span_id, True, _SAMPLED)
+            # A client that sends no span of its own (external, node, hostNetwork) leaves the server
+            # span as the root: a parent id that never arrives would show as a broken trace.
+            parent = SpanContext(ids.trace_id, ids.client_span_id, True, _SAMPLED) if peer_has_span else None
         span = ReadableSpan(
             name=n.SPAN_NAME,
             context=context,
