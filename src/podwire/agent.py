@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 import threading
 import time
@@ -169,17 +170,29 @@ class LockedSink:
             self._sink.on_connection(conn)
 
 
+def _check_capture_permission() -> None:
+    """Fail first, and plainly, when this process may not open packet sockets."""
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
+    except PermissionError:
+        raise StartError(
+            "capture needs root or CAP_NET_RAW (AF_PACKET sockets); run as root or grant the capability"
+        ) from None
+
+
 class NodeCapture:
     """One capture thread: a LiveCapture (in `settings.netns`) -> tracker -> named events -> sinks."""
 
     def __init__(self, settings: Settings, resolver: IdentityService, sinks: Sequence[Sink]) -> None:
+        from podwire.capture.bpf import BpfError
         from podwire.capture.live import LiveCapture
 
+        _check_capture_permission()
         try:
             self.capture = LiveCapture(settings)
         except PermissionError as exc:
             raise StartError(f"capture needs root or CAP_NET_RAW: {exc}") from None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, BpfError) as exc:
             raise StartError(f"capture cannot start: {exc}") from None
         self.tracker = Tracker(TrackerLimits.from_settings(settings))
         self.pipeline = Pipeline(self.tracker, resolver, sinks, resolver.learn_dns)
