@@ -279,3 +279,22 @@ def test_a_service_edge_is_not_virtual_but_node_and_host_network_ends_are(
         ("kube-proxy", "web"): "virtual_node",
         ("web", "node-b"): "virtual_node",
     }
+
+
+def test_active_gauge_stays_exact_when_the_open_table_evicts() -> None:
+    from podwire.telemetry.metrics import LabelConfig, MetricsSink
+
+    sink = MetricsSink(LabelConfig(), max_open=2)  # bounded like the tracker's table
+    web, db = pod("web"), pod("db")
+    recs = [record() for _ in range(3)]
+
+    def active() -> float:
+        (metric,) = [m for m in sink.produce() if m.name == n.TCP_CONNECTIONS_ACTIVE]
+        return sum(p.value for p in metric.data.data_points)  # type: ignore[union-attr]
+
+    for rec in recs:
+        sink.on_opened(opened_for(rec), web, db)
+    assert active() == 2  # the oldest was evicted, as the tracker would have
+    for rec in recs:
+        sink.on_connection(named(rec, web, db))
+    assert active() == 0  # its late record does not drive the gauge below zero

@@ -78,7 +78,6 @@ from podwire.telemetry.encode import SpanEncoder
 from podwire.telemetry.metrics import (
     AgentSnapshot,
     ExportCounters,
-    LabelConfig,
     MetricsProducer,
     MetricsSink,
     SelfMetrics,
@@ -397,8 +396,7 @@ class Telemetry:
         self.span_resource = Resource({**sdk_attrs}).merge(Resource(env_attrs))
         self.scope = InstrumentationScope(n.METER_NAME, _version)
 
-        self.metrics = MetricsSink(LabelConfig.from_settings(settings))
-        self.metrics._max_open = settings.max_connections
+        self.metrics = MetricsSink.from_settings(settings)
         producer = MetricsProducer(self.scope, [self.metrics])
         self.registry = CollectorRegistry(auto_describe=True)
         self._scrape_lock = threading.Lock()

@@ -372,22 +372,25 @@ class MetricsSink:
     across I/O.
     """
 
-    def __init__(self, labels: LabelConfig, clock_ns: Callable[[], int] = time.time_ns) -> None:
+    def __init__(
+        self,
+        labels: LabelConfig,
+        max_open: int = 262_144,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
         self._cfg = labels
         self._clock_ns = clock_ns
-        self._start_ns = clock_ns()
         self._edges: dict[tuple[object, ...], _Edge] = {}
         self._overflow: _Edge | None = None
+        # opened connections awaiting their record (active gauge); bounded like the tracker's table
         self._open: OrderedDict[_OpenKey, _Edge] = OrderedDict()
-        self._max_open = 262_144
+        self._max_open = max_open
         self._lock = threading.Lock()
         self.series_dropped = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MetricsSink:
-        sink = cls(LabelConfig.from_settings(settings))
-        sink._max_open = settings.max_connections
-        return sink
+        return cls(LabelConfig.from_settings(settings), settings.max_connections)
 
     @property
     def series(self) -> int:
