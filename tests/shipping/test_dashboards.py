@@ -5,49 +5,17 @@ issue 5 asks of it. (Running the queries against a real Prometheus: test_queries
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.shipping.dashboard_queries import DASHBOARDS, FILES, REPO, dashboard_queries
+from tests.shipping.dashboard_queries import load as _load
+from tests.shipping.dashboard_queries import panels as _panels
 from tests.shipping.promql_names import load_contract, problems, substitute_grafana, uses
-
-REPO = Path(__file__).resolve().parents[2]
-DASHBOARDS = REPO / "dashboards"
-FILES = sorted(DASHBOARDS.glob("*.json"))
-LABEL_VALUES = re.compile(r"^label_values\((?:(?P<sel>.+),\s*)?(?P<label>\w+)\)$")
-QUERY_RESULT = re.compile(r"^query_result\((?P<expr>.+)\)$")
-
-
-def _load(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
-def _panels(dash: dict) -> Iterator[dict]:
-    for p in dash["panels"]:
-        yield p
-        yield from p.get("panels", [])
-
-
-def dashboard_queries(dash: dict) -> Iterator[tuple[str, str]]:
-    """(where, PromQL) for every panel target and template-variable query."""
-    for p in _panels(dash):
-        for t in p.get("targets", []):
-            yield f"{dash['uid']} panel {p['id']} '{p['title']}' {t['refId']}", t["expr"]
-    for var in dash["templating"]["list"]:
-        if var["type"] != "query":
-            continue
-        q = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
-        if m := QUERY_RESULT.match(q):
-            yield f"{dash['uid']} variable {var['name']}", m["expr"]
-        elif m := LABEL_VALUES.match(q):
-            yield f"{dash['uid']} variable {var['name']}", f"count by ({m['label']}) ({m['sel']})"
-        else:
-            raise AssertionError(f"unsupported variable query {q!r}")
 
 
 def test_three_dashboards_exist() -> None:

@@ -25,8 +25,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from tests.shipping.collectors import TempoStub, start_collector, wait_port
 from tests.shipping.prometheus_server import Prometheus, free_port, running
-from tests.shipping.test_otel_e2e import TempoStub, _start_collector, _wait_port
 
 pytestmark = [pytest.mark.live, pytest.mark.peers]
 
@@ -56,7 +56,7 @@ def through_collectors(
     demo_log = (work / "demo.log").open("wb")
     try:
         procs.append(
-            _start_collector(
+            start_collector(
                 otelcol_bin,
                 OTEL / "gateway.yaml",
                 {
@@ -70,9 +70,9 @@ def through_collectors(
                 work / "gateway.log",
             )
         )
-        _wait_port(p["gw_grpc"], procs[-1], work / "gateway.log")
+        wait_port(p["gw_grpc"], procs[-1], work / "gateway.log")
         procs.append(
-            _start_collector(
+            start_collector(
                 otelcol_bin,
                 OTEL / "agent-single-gateway.yaml",
                 {
@@ -84,7 +84,7 @@ def through_collectors(
                 work / "agent.log",
             )
         )
-        _wait_port(p["agent"], procs[-1], work / "agent.log")
+        wait_port(p["agent"], procs[-1], work / "agent.log")
         demo_env = {
             **os.environ,
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{p['agent']}",

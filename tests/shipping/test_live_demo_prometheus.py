@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.shipping.dashboard_queries import all_dashboard_queries
 from tests.shipping.prometheus_server import Prometheus, free_port, running
 from tests.shipping.promql_names import substitute_grafana
-from tests.shipping.test_queries_prometheus import _all_dashboard_queries
 
 pytestmark = pytest.mark.live
 
@@ -76,7 +76,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, prometheus_bin: Path) -> Iter
 def test_every_dashboard_query_runs_and_main_panels_show_data(live: Prometheus) -> None:
     empty_main = []
     ran = 0
-    for where, expr in _all_dashboard_queries():
+    for where, expr in all_dashboard_queries():
         result = live.query(substitute_grafana(expr))  # raises on any PromQL error
         ran += 1
         uid = where.split()[0]

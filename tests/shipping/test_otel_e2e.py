@@ -10,14 +10,11 @@ expression runs on the result."""
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -25,7 +22,7 @@ import pytest
 import yaml
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -34,9 +31,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, set_span_in_context
 
 from podwire.telemetry import names
+from tests.shipping.collectors import TempoStub, start_collector, wait_port
+from tests.shipping.dashboard_queries import all_dashboard_queries
 from tests.shipping.prometheus_server import Prometheus, free_port, running
 from tests.shipping.promql_names import load_contract, substitute_grafana
-from tests.shipping.test_queries_prometheus import _all_dashboard_queries
 
 pytestmark = pytest.mark.peers  # the Go-built otelcol-podwire
 
@@ -61,44 +59,6 @@ SG = {
 }
 
 
-@dataclass
-class TempoStub(trace_service_pb2_grpc.TraceServiceServicer):
-    spans: list = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def Export(self, request, context):  # gRPC's method name
-        with self.lock:
-            for rs in request.resource_spans:
-                service = {a.key: a.value.string_value for a in rs.resource.attributes}.get("service.name")
-                for ss in rs.scope_spans:
-                    for span in ss.spans:
-                        self.spans.append((service, span))
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-
-def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(log.read_text()[-3000:])
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(log.read_text()[-3000:])
-
-
-def _start_collector(otelcol: Path, config: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [str(otelcol), f"--config={config}"],
-            env={**os.environ, **env},
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
 @dataclass(frozen=True)
 class Pipeline:
     agent_otlp: str
@@ -121,7 +81,7 @@ def pipeline(
     try:
         gw_log = work / "gateway.log"
         procs.append(
-            _start_collector(
+            start_collector(
                 otelcol_bin,
                 OTEL / "gateway.yaml",
                 {
@@ -135,10 +95,10 @@ def pipeline(
                 gw_log,
             )
         )
-        _wait_port(p["gw_grpc"], procs[-1], gw_log)
+        wait_port(p["gw_grpc"], procs[-1], gw_log)
         agent_log = work / "agent.log"
         procs.append(
-            _start_collector(
+            start_collector(
                 otelcol_bin,
                 OTEL / "agent-single-gateway.yaml",
                 {
@@ -150,7 +110,7 @@ def pipeline(
                 agent_log,
             )
         )
-        _wait_port(p["agent"], procs[-1], agent_log)
+        wait_port(p["agent"], procs[-1], agent_log)
         with running(prometheus_bin, work, scrape_targets=[f"127.0.0.1:{p['gw_prom']}"]) as prom:
             yield Pipeline(f"127.0.0.1:{p['agent']}", prom, tempo)
     finally:
@@ -312,7 +272,7 @@ def test_dashboard_queries_and_alerts_run_on_collector_output(
 ) -> None:
     prom = pipeline.prometheus
     assert _poll(prom, "podwire_tcp_connections_total")
-    for _, expr in _all_dashboard_queries():
+    for _, expr in all_dashboard_queries():
         prom.query(substitute_grafana(expr))  # raises on any PromQL error
     doc = yaml.safe_load((REPO / "alerts" / "podwire-rules.yaml").read_text())
     for group in doc["groups"]:

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from tests.shipping import prom_data
+from tests.shipping.dashboard_queries import all_dashboard_queries
 from tests.shipping.prometheus_server import Prometheus, running
 from tests.shipping.promql_names import substitute_grafana
-from tests.shipping.test_dashboards import FILES, dashboard_queries
 
 REPO = Path(__file__).resolve().parents[2]
 MINUTES = 30
@@ -43,17 +43,10 @@ def backfilled(
         yield prom, float(end)
 
 
-def _all_dashboard_queries() -> list[tuple[str, str]]:
-    out = []
-    for f in FILES:
-        out += list(dashboard_queries(json.loads(f.read_text())))
-    return out
-
-
 def test_every_dashboard_query_runs_and_returns_data(backfilled: tuple[Prometheus, float]) -> None:
     prom, at = backfilled
     empty = []
-    queries = _all_dashboard_queries()
+    queries = all_dashboard_queries()
     assert len(queries) > 40
     for where, expr in queries:
         if not prom.query(substitute_grafana(expr), at):
