@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.otlp_receiver
 
 from podwire.agent import CollectingSink, Pipeline
 from podwire.capture.bpf import FilterOptions, expression
@@ -35,7 +37,17 @@ from podwire.identity import build_service
 from podwire.model import Outcome, Side
 from podwire.tracker.tracker import Tracker, TrackerLimits
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+RECEIVER = """
+import json, sys
+from tests.otlp_receiver import OtlpReceiver
+rx = OtlpReceiver().start()
+print(json.dumps(rx.env("grpc", interval_ms=5000)), flush=True)
+sys.stdin.read()
+rx.stop()
+print(json.dumps(rx.wire_bytes), flush=True)
+"""
 PORT = 7000
 
 SERVER = """
@@ -92,12 +104,16 @@ def main() -> int:
 
             env = dict(os.environ)
             if args.mode == "spans":
-                from tests.otlp_receiver import OtlpReceiver  # type: ignore[import-not-found]
-
-                receiver = OtlpReceiver()
-                receiver.start()
-                env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.grpc_endpoint
-                env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "grpc"
+                # the receiver runs in its own process: its decoding is not the agent's cost
+                receiver = subprocess.Popen(
+                    [sys.executable, "-c", RECEIVER],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    cwd=str(ROOT),
+                )
+                assert receiver.stdout is not None
+                env.update(json.loads(receiver.stdout.readline()))
                 settings = settings.replace(otlp="on", spans=True)
             else:
                 settings = settings.replace(otlp="off", spans=False)
@@ -131,6 +147,7 @@ def main() -> int:
         thread = threading.Thread(target=loop, daemon=True)
         thread.start()
         time.sleep(1.0)
+        proc0 = resource.getrusage(resource.RUSAGE_SELF)
         dump_cpu0 = _proc_cpu(dump.pid)
         per_client = args.connections // args.clients
         total = per_client * args.clients
@@ -152,6 +169,10 @@ def main() -> int:
             time.sleep(0.1)
         time.sleep(1.5)  # let both readers drain and idle the same wall time
         dump_cpu = _proc_cpu(dump.pid) - dump_cpu0
+        if telemetry is not None:
+            telemetry.force_flush(10)  # export cost belongs to the run
+        proc1 = resource.getrusage(resource.RUSAGE_SELF)
+        process_cpu = (proc1.ru_utime + proc1.ru_stime) - (proc0.ru_utime + proc0.ru_stime)
         stop.set()
         thread.join(5)
         stats = capture.stats()
@@ -159,8 +180,10 @@ def main() -> int:
         if telemetry is not None:
             telemetry.force_flush(10)
             telemetry.shutdown(5)
+        otlp_bytes = None
         if receiver is not None:
-            receiver.stop()
+            out, _ = receiver.communicate("", timeout=30)
+            otlp_bytes = json.loads(out.splitlines()[-1])
         recs = [c.record for c in collect.connections if c.record.server.port == PORT]
         exact = sum(
             1
@@ -181,9 +204,12 @@ def main() -> int:
         "segments_per_conn": round(stats.segments / max(1, total), 2),
         "agent_cpu_s_per_1k": round(cpu[0] / total * 1000, 4),
         "agent_us_per_conn": round(cpu[0] / total * 1e6, 2),
+        "agent_process_us_per_conn": round(process_cpu / total * 1e6, 2),  # + export threads
         "tcpdump_cpu_s_per_1k": round(dump_cpu / total * 1000, 4),
         "agent_to_tcpdump_ratio": round(cpu[0] / dump_cpu, 2) if dump_cpu else None,
     }
+    if otlp_bytes is not None:
+        result["otlp_trace_bytes_per_conn"] = round(otlp_bytes["traces"] / max(1, total), 1)
     width = max(len(k) for k in result)
     for k, v in result.items():
         print(f"{k:<{width}}  {v}")
