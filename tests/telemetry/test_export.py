@@ -140,7 +140,9 @@ def test_collector_down_then_back_never_blocks_bounds_memory_counts_drops_and_re
         assert proc is not None
         assert proc.queued <= 300  # the queue is the bound ...
         assert rss_after_second - rss_after_first < 8 * 1024  # ... so memory stays flat (KiB)
-        assert worst < 0.05  # the capture thread never waits for the network (s)
+        # the capture thread never waits for the network: one wait would last the 1 s export timeout
+        # (the margin absorbs scheduling on a loaded machine)
+        assert worst < 0.5
         dropped = dict(t.counters.dropped)
         assert dropped[(n.SIGNAL_TRACES, n.DROP_QUEUE_FULL)] > 3000  # most of 6000 spans
         assert t.counters.failures.get(n.SIGNAL_METRICS, 0) >= 1
@@ -335,7 +337,7 @@ def _safe_value(base: str, promql: str) -> float | None:
 
 def test_slow_collector_never_slows_the_capture_thread() -> None:
     with OtlpReceiver(delay_s=2.0) as slow:  # answers every export after 2 s
-        env = {**slow.env("grpc", 300), "OTEL_EXPORTER_OTLP_TIMEOUT": "500"}
+        env = {**slow.env("grpc", 300), "OTEL_EXPORTER_OTLP_TIMEOUT": "1500"}
         t = Telemetry(Settings(otlp="on", node_name="node-a", export_queue_size=200), env)
         try:
             web, db = pod("web"), pod("db")
@@ -348,7 +350,7 @@ def test_slow_collector_never_slows_the_capture_thread() -> None:
                         sink.on_connection(conn)
                     worst = max(worst, time.perf_counter() - began)
                 time.sleep(0.5)
-            assert worst < 0.05
+            assert worst < 0.5  # a wait on the collector would last 1.5 s (timeout) or 2 s (its delay)
             assert t.span_processor is not None and t.span_processor.queued <= 200
             assert t.counters.dropped[(n.SIGNAL_TRACES, n.DROP_QUEUE_FULL)] > 0
         finally:
