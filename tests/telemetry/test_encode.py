@@ -49,8 +49,10 @@ def podwire_spans() -> list[ReadableSpan]:
 def test_fast_encoder_matches_the_sdk_encoder_message_for_message() -> None:
     spans = podwire_spans()
     assert len(spans) == 7
-    fast = ExportTraceServiceRequest.FromString(SpanEncoder().encode(spans))
-    assert fast == encode_spans(spans)
+    encoder = SpanEncoder()
+    for _ in range(2):  # the second pass is served from the element caches
+        fast = ExportTraceServiceRequest.FromString(encoder.encode(spans))
+        assert fast == encode_spans(spans)
 
 
 def test_fast_encoder_handles_odd_values_and_falls_back_for_what_it_does_not_know() -> None:

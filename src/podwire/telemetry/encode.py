@@ -40,9 +40,12 @@ class _Unsupported(Exception):
     pass
 
 
+_V1 = [bytes((i,)) for i in range(0x80)]  # one-byte varints, the common case for lengths
+
+
 def _varint(value: int) -> bytes:
     if value < 0x80:
-        return bytes((value,))
+        return _V1[value]
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -81,14 +84,33 @@ def _any_value(value: object) -> bytes:
     raise _Unsupported(type(value).__name__)
 
 
+_kv_cache: dict[tuple[int, str, str | bool], bytes] = {}
+_KV_CACHE_MAX = 16_384
+
+
 def _attributes(tag: int, attrs: Mapping[str, object] | None) -> bytes:
+    """Repeated KeyValue field `tag`.  Whole elements with a text or bool value are cached: most of
+    a connection span's attributes (addresses, transport, outcome, peer) repeat across spans."""
     if not attrs:
         return b""
-    tag_byte = bytes((tag,))
+    tag_byte = _V1[tag]
     parts = []
+    cache = _kv_cache
     for k, v in attrs.items():
-        kv = _key(k) + _len_field(0x12, _any_value(v))
-        parts.append(tag_byte + _varint(len(kv)) + kv)
+        cacheable = type(v) is str or type(v) is bool
+        if cacheable:
+            hit = cache.get((tag, k, v))  # type: ignore[arg-type]
+            if hit is not None:
+                parts.append(hit)
+                continue
+        val = _any_value(v)
+        kv = _key(k) + b"\x12" + _varint(len(val)) + val
+        element = tag_byte + _varint(len(kv)) + kv
+        parts.append(element)
+        if cacheable:
+            if len(cache) >= _KV_CACHE_MAX:
+                cache.clear()
+            cache[(tag, k, v)] = element  # type: ignore[index]
     return b"".join(parts)
 
 
