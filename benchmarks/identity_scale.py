@@ -290,9 +290,12 @@ def resolve_kind(index: Any, ip: str) -> str:
 
 def child(kubeconfig: str, pods: int, services: int, nodes: int) -> None:
     """Fresh process: sync, RSS, lookups, then watch events during the parent's churn."""
+    from podwire import log
     from podwire.identity.external import ExternalNames
     from podwire.identity.index import IdentityIndex
     from podwire.identity.kube import KubeSource, load_client
+
+    log.configure("console", "warning")  # stderr: stdout carries the results
 
     api = load_client(kubeconfig)
     gc.collect()
@@ -379,6 +382,15 @@ def child(kubeconfig: str, pods: int, services: int, nodes: int) -> None:
     )
 
 
+def read_phase(stream: Any, phase: str) -> dict[str, Any]:
+    for line in stream:
+        if line.startswith("{"):
+            doc = json.loads(line)
+            if doc.get("phase") == phase:
+                return doc  # type: ignore[no-any-return]
+    raise SystemExit(f"measuring child ended before {phase!r}")
+
+
 # ---- main ---------------------------------------------------------------------------------------
 
 
@@ -420,7 +432,7 @@ def main() -> int:
             text=True,
         )
         assert proc.stdin is not None and proc.stdout is not None
-        synced = json.loads(proc.stdout.readline())
+        synced = read_phase(proc.stdout, "synced")
         print(f"first sync {synced['sync_s']:.2f} s; churning...", flush=True)
         expected = 4 * args.churn
         proc.stdin.write(json.dumps({"expected_events": expected}) + "\n")
@@ -428,7 +440,7 @@ def main() -> int:
         t0 = time.monotonic()
         churn(kubeconfig, args.pods, args.churn, args.workers)
         churn_s = time.monotonic() - t0
-        watched = json.loads(proc.stdout.readline())
+        watched = read_phase(proc.stdout, "watched")
         proc.wait(60)
 
     result = {
