@@ -26,7 +26,7 @@ from podwire import log
 from podwire.capture import netns
 from podwire.capture.afpacket import Decode, RingSocket
 from podwire.capture.bpf import LINKTYPE_ETHERNET, LINKTYPE_RAW, BpfProgram, FilterOptions, compile_program
-from podwire.capture.decode import Decoder
+from podwire.capture.decode import Decoder, DecodeStats
 from podwire.capture.interfaces import InterfaceWatch, Link, LinkChange, LinkFilter
 from podwire.config import Settings
 from podwire.model import Batch, Segment
@@ -86,6 +86,8 @@ class LiveCapture:
             LINKTYPE_RAW: self._decoder.raw,
         }
         self._ring_decode: dict[int, Decode] = {}  # ifindex -> decoder for its link type
+        # ifindex -> the decoder's stats if the ring may decode Ethernet IPv4 inline (RingSocket.drain)
+        self._ring_inline: dict[int, DecodeStats | None] = {}
         self._filter = LinkFilter.from_patterns(
             settings.interface_include, settings.interface_exclude, settings.veth_only
         )
@@ -121,8 +123,13 @@ class LiveCapture:
             if ring is None:
                 self._apply(self._watch.events(), segments)
             elif ring.ifindex in self._rings:  # not closed by a netlink event earlier in this loop
-                decode = self._ring_decode[ring.ifindex]
-                self._packets += ring.drain(decode, segments, self._settings.ring_blocks)
+                ifindex = ring.ifindex
+                self._packets += ring.drain(
+                    self._ring_decode[ifindex],
+                    segments,
+                    self._settings.ring_blocks,
+                    self._ring_inline[ifindex],
+                )
         now = time.monotonic()
         if now - self._last_stats >= _STATS_EVERY_S:
             self._last_stats = now
@@ -218,13 +225,16 @@ class LiveCapture:
         with self._lock:
             self._rings[link.ifindex] = ring
         self._ring_decode[link.ifindex] = self._decoders[linktype]
+        self._ring_inline[link.ifindex] = self._decoder.stats if linktype == LINKTYPE_ETHERNET else None
         self._sel.register(ring.fileno(), selectors.EVENT_READ, ring)
         self._opened += 1
         _log.info("capturing interface", interface=link.name, ifindex=link.ifindex)
 
     def _close_ring(self, ring: RingSocket, segments: list[Segment]) -> None:
         # Frames already in the ring are the connection's last words: read them first.
-        self._packets += ring.drain(self._ring_decode.pop(ring.ifindex), segments, 0)
+        self._packets += ring.drain(
+            self._ring_decode.pop(ring.ifindex), segments, 0, self._ring_inline.pop(ring.ifindex)
+        )
         self._sel.unregister(ring.fileno())
         with self._lock:
             ring.close()
