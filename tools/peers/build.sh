@@ -111,6 +111,20 @@ check_one() {
     echo "$dir/$name"
 }
 
+require_go() {
+    # The build modules say `go 1.26.0` and GOTOOLCHAIN=local forbids fetching a newer one.
+    local v
+    command -v go > /dev/null || { echo "podwire-peers: go not on PATH (need Go >= 1.26)" >&2; exit 4; }
+    v="$(go env GOVERSION)"
+    v="${v#go}"
+    local major="${v%%.*}" rest="${v#*.}"
+    local minor="${rest%%[.a-z]*}"
+    if (( major < 1 || (major == 1 && minor < 26) )); then
+        echo "podwire-peers: Go $v is too old (need >= 1.26)" >&2
+        exit 4
+    fi
+}
+
 main() {
     local check=0
     if [[ "${1:-}" == "--check" ]]; then
@@ -125,6 +139,7 @@ main() {
     for n in "${names[@]}"; do
         peer_version "$n" > /dev/null
     done
+    [[ $check -eq 1 ]] || require_go
     for n in "${names[@]}"; do
         if [[ $check -eq 1 ]]; then
             check_one "$n"
