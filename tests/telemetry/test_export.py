@@ -144,7 +144,10 @@ def test_collector_down_then_back_never_blocks_bounds_memory_counts_drops_and_re
         # (the margin absorbs scheduling on a loaded machine)
         assert worst < 0.5
         dropped = dict(t.counters.dropped)
-        assert dropped[(n.SIGNAL_TRACES, n.DROP_QUEUE_FULL)] > 3000  # most of 6000 spans
+        # every span fed while down is waiting (<= 300 queued, <= 300 in a failing export) or counted
+        queue_full = dropped[(n.SIGNAL_TRACES, n.DROP_QUEUE_FULL)]
+        assert queue_full > 0
+        assert queue_full + dropped.get((n.SIGNAL_TRACES, n.DROP_EXPORT_FAILED), 0) >= 6000 - 600
         assert t.counters.failures.get(n.SIGNAL_METRICS, 0) >= 1
         assert t.counters.failures.get(n.SIGNAL_TRACES, 0) >= 1
 
