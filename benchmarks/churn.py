@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.otlp_receiver
 
-from podwire.agent import CollectingSink, Pipeline
+from podwire.agent import CollectingSink, Pipeline, settle_heap
 from podwire.capture.bpf import FilterOptions, expression
 from podwire.capture.live import LiveCapture
 from podwire.config import Settings
@@ -144,6 +144,7 @@ def main() -> int:
             node,
             ["tcpdump", "-i", client.host_ifname, "-n", "-q", "-w", "/dev/null", expression(FilterOptions())],
         )
+        settle_heap()  # as Agent.start() does before its capture threads start
         thread = threading.Thread(target=loop, daemon=True)
         thread.start()
         time.sleep(1.0)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import socket
 import sys
@@ -37,6 +38,15 @@ if TYPE_CHECKING:
 _log = log.get("podwire.agent")
 
 TICK_S = 1.0  # how often timers (SYN timeout, idle expiry) run
+
+
+def settle_heap() -> None:
+    """Start-up is over: collect once, then freeze what survived (modules, settings, the identity
+    index, telemetry instruments) so the cyclic collector never walks it again.  Collections then
+    cost per object the capture thread made since, not per object the process holds (measured:
+    ~2 us per connection under churn).  Objects made later are collected as before."""
+    gc.collect()
+    gc.freeze()
 
 
 class Pipeline:
@@ -292,6 +302,7 @@ class Agent:
     def start(self) -> None:
         self.identity.start()
         self.http.start()
+        settle_heap()
         for node in self.captures:
             node.start()
         host, port = self.http.address
