@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+import urllib3
 
 from podwire import log
 from podwire.identity import slim
@@ -62,6 +63,10 @@ class _Gone(Exception):
 
 class _Forbidden(Exception):
     pass
+
+
+class _StreamLost(Exception):
+    """The watch connection broke mid-stream; resume from the last resourceVersion."""
 
 
 class _ApiError(Exception):
@@ -326,6 +331,15 @@ class KubeSource:
                 need_list = True
                 _log.info("kube_resource_version_expired", kind=kind, detail=str(exc), action="relist")
                 continue
+            except _StreamLost as exc:
+                if self._stop.is_set():
+                    break
+                if state.reconnecting:
+                    state.reconnecting = False
+                    continue  # our own reconnect() cut the stream: resume at once
+                state.errors += 1
+                delay = backoff.next()
+                _log.info("kube_watch_interrupted", kind=kind, error=str(exc), retry_in_s=round(delay, 2))
             except _Forbidden as exc:
                 state.errors += 1
                 state.error = str(exc)
@@ -459,7 +473,12 @@ class KubeSource:
                     fresh[_intern(m.namespace) + "/" + m.name] = _controller_name(m, top_kind)
             else:
                 for obj in page.items:
-                    key = apply(self, "ADDED", obj, at)
+                    try:
+                        key = apply(self, "ADDED", obj, at)
+                    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+                        state.bad_objects += 1
+                        _log.debug("kube_bad_object", kind=kind, error=repr(exc))
+                        continue
                     if key is not None:
                         seen.add(key)
             cont = page.metadata.continue_
@@ -498,8 +517,15 @@ class KubeSource:
         state.response = resp
         state.watches += 1
         handle = self.apply_line
+        lines = _lines(resp)
         try:
-            for line in _lines(resp):
+            while True:
+                try:
+                    line = next(lines)
+                except StopIteration:
+                    return  # the server ended the watch (timeoutSeconds): resume from state.rv
+                except (OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
+                    raise _StreamLost(_brief(exc)) from None
                 if self._stop.is_set():
                     return
                 handle(kind, line)
@@ -532,7 +558,11 @@ class KubeSource:
         if not obj.metadata.uid and kind not in ("replicasets", "jobs"):
             state.bad_objects += 1
             return
-        self._appliers[kind](self, etype, obj, self._clock())
+        try:
+            self._appliers[kind](self, etype, obj, self._clock())
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:  # e.g. a malformed pod IP
+            state.bad_objects += 1
+            _log.debug("kube_bad_object", kind=kind, error=repr(exc))
         if obj.metadata.resourceVersion:
             state.rv = obj.metadata.resourceVersion
         state.events += 1
