@@ -600,6 +600,54 @@ def test_works_with_exactly_the_chart_cluster_role(kube_api: KubeApi, kube: Kube
         _revoke(admin_api, role)
 
 
+def test_works_in_cluster_with_a_service_account_token(
+    kube_api: KubeApi, kube: Kube, admin_api: Any, tmp_path: Path
+):
+    """The in-cluster path: a real ServiceAccount token (TokenRequest) and the CA in a
+    service-account directory, KUBERNETES_SERVICE_HOST/PORT, RBAC bound to the account."""
+    from podwire.identity import IdentityIndex, KubeSource
+    from podwire.identity.kube import in_cluster, load_client
+
+    kube._post(f"/api/v1/namespaces/{kube.ns}/serviceaccounts", {"metadata": {"name": "podwire"}})
+    name = f"pw-sa-{uuid.uuid4().hex[:8]}"
+    rbac = client.RbacAuthorizationV1Api(admin_api)
+    rbac.create_cluster_role({"metadata": {"name": name}, "rules": CHART_RULES})
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": "podwire", "namespace": kube.ns}],
+        }
+    )
+    token = kube._post(
+        f"/api/v1/namespaces/{kube.ns}/serviceaccounts/podwire/token",
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 3600},
+        },
+    )["status"]["token"]
+    sa_dir = tmp_path / "serviceaccount"
+    sa_dir.mkdir()
+    (sa_dir / "token").write_text(token)
+    (sa_dir / "ca.crt").write_bytes(kube_api.ca_file.read_bytes())
+    host, port = kube_api.server.removeprefix("https://").rsplit(":", 1)
+    env = {"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port}
+    ip = fresh_ip()
+    ds = kube.owner("DaemonSet", "node-exporter")
+    kube.pod("node-exporter-7xk2p", ip, owner=ds)
+    assert in_cluster(env, str(sa_dir)) and not in_cluster({}, str(sa_dir))
+    source = KubeSource(IdentityIndex(), load_client(service_account_dir=str(sa_dir), environ=env))
+    source.start()
+    try:
+        assert source.wait_ready(30)
+        assert source.index.resolve(ip, None).workload == "node-exporter"
+        assert source.index.resolve(ip, None).workload_kind == "DaemonSet"
+    finally:
+        source.stop(5.0)
+        _revoke(admin_api, name)
+
+
 def test_fails_clearly_naming_the_missing_permission(kube_api: KubeApi, admin_api: Any):
     group = f"pw-agents-{uuid.uuid4().hex[:6]}"
     without_jobs = [r for r in CHART_RULES if r["apiGroups"] != ["batch"]]

@@ -14,11 +14,12 @@ and Job -> CronJob (the ReplicaSet and Job maps are kept here, slim: one string 
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,21 +120,36 @@ class Backoff:
         self.failures = 0
 
 
-def load_client(kubeconfig: str | None = None, context: str | None = None) -> Any:
-    """An ApiClient from `kubeconfig`, else in-cluster (service account), else ~/.kube/config."""
-    from kubernetes import client, config
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
+
+def load_client(
+    kubeconfig: str | None = None,
+    context: str | None = None,
+    *,
+    service_account_dir: str = SERVICE_ACCOUNT_DIR,
+    environ: Mapping[str, str] | None = None,
+) -> Any:
+    """An ApiClient from `kubeconfig`; else in-cluster (the pod's service account token, which
+    the client re-reads as the kubelet rotates it); else ~/.kube/config."""
+    from kubernetes import client, config
+    from kubernetes.config.incluster_config import InClusterConfigLoader
+
+    env = os.environ if environ is None else environ
     cfg = client.Configuration()
     try:
         if kubeconfig:
             config.load_kube_config(  # type: ignore[no-untyped-call]
                 config_file=kubeconfig, context=context, client_configuration=cfg
             )
+        elif in_cluster(env, service_account_dir):
+            InClusterConfigLoader(  # type: ignore[no-untyped-call]
+                token_filename=os.path.join(service_account_dir, "token"),
+                cert_filename=os.path.join(service_account_dir, "ca.crt"),
+                environ=env,
+            ).load_and_set(cfg)
         else:
-            try:
-                config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-            except config.ConfigException:
-                config.load_kube_config(context=context, client_configuration=cfg)  # type: ignore[no-untyped-call]
+            config.load_kube_config(context=context, client_configuration=cfg)  # type: ignore[no-untyped-call]
     except Exception as exc:  # ConfigException, YAML errors, OSError, bad base64...: all one line
         where = kubeconfig or "in-cluster service account or ~/.kube/config"
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -142,11 +158,12 @@ def load_client(kubeconfig: str | None = None, context: str | None = None) -> An
     return client.ApiClient(cfg)
 
 
-def in_cluster() -> bool:
-    import os
-
-    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(
-        "/var/run/secrets/kubernetes.io/serviceaccount/token"
+def in_cluster(
+    environ: Mapping[str, str] | None = None, service_account_dir: str = SERVICE_ACCOUNT_DIR
+) -> bool:
+    env = os.environ if environ is None else environ
+    return bool(env.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(
+        os.path.join(service_account_dir, "token")
     )
 
 
