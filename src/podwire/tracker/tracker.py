@@ -96,7 +96,7 @@ from podwire.tracker.transitions import N_EVENTS, RULES, Event, Rule, State
 if TYPE_CHECKING:
     from podwire.config import Settings
 
-__all__ = ["Events", "Tracker", "TrackerLimits", "TrackerStats"]
+__all__ = ["Events", "Tracker", "TrackerLimits", "TrackerStats", "checked_maker", "twin_class"]
 
 Events = tuple[ConnectionEvent, ...]
 Key = tuple[int, bytes, bytes, int, int]  # (point, client addr, server addr, client port, server port)
@@ -302,6 +302,10 @@ _make_record: Callable[..., ConnectionRecord] = _checked(
     ConnectionRecord,
     (0, _EP, _EP, "ipv4", 1.0, 2.0, 1.0, Outcome.CLOSED, None, 1, 2, 0.5, False, False, 1, 2, None),
 )
+# The same trick for other frozen value types on the hot path (the agent's NamedConnection).
+twin_class = _twin
+checked_maker = _checked
+
 FAST_CONSTRUCTORS = (
     _make_record is not ConnectionRecord
     and _make_opened is not ConnectionOpened
@@ -601,29 +605,35 @@ class Tracker:
         entry.state = _NEW
         recent[entry] = None
 
+    def _text(self, addr: bytes) -> str:
+        """Address text, cached: a node's pods and servers repeat (bounded: cleared when full)."""
+        texts = self._texts
+        text = texts.get(addr)
+        if text is None:
+            if len(texts) >= _ENDPOINT_CACHE:
+                texts.clear()
+            text = texts[addr] = address_text(addr)
+        return text
+
     def _endpoint(self, addr: bytes, port: int) -> Endpoint:
-        """Endpoints repeat (servers; reused client ports): cache them and the address text."""
+        """Server endpoints repeat: cache them (bounded: cleared when full)."""
         cache = self._endpoints
         k = (addr, port)
         ep = cache.get(k)
         if ep is None:
-            texts = self._texts
-            text = texts.get(addr)
-            if text is None:
-                if len(texts) >= _ENDPOINT_CACHE:
-                    texts.clear()
-                text = texts[addr] = address_text(addr)
             if len(cache) >= _ENDPOINT_CACHE:
                 cache.clear()
-            ep = cache[k] = _make_endpoint(text, port)
+            ep = cache[k] = _make_endpoint(self._text(addr), port)
         return ep
 
     def _endpoints_of(self, entry: _Entry) -> tuple[Endpoint, Endpoint]:
         client = entry.client
         server = entry.server
         if client is None or server is None:
+            # A client's ephemeral port rarely repeats within the cache's reach: only its text is
+            # cached (keeping its Endpoint would hold one more object per connection alive).
             _, caddr, saddr, cport, sport = entry.key
-            client = entry.client = self._endpoint(caddr, cport)
+            client = entry.client = _make_endpoint(self._text(caddr), cport)
             server = entry.server = self._endpoint(saddr, sport)
         return client, server
 
@@ -754,7 +764,12 @@ class Tracker:
         self._established[entry] = None
         entry.state = _ESTABLISHED
         entry.since = ts
-        return (self._opened(entry),)
+        client, server = self._endpoints_of(entry)
+        return (
+            _make_opened(
+                entry.key[0], client, server, entry.start, entry.rtt, entry.cisn, seg.seq, entry.side
+            ),
+        )
 
     def _do_new_from_synack(
         self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule
