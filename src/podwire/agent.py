@@ -14,14 +14,16 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from podwire import log
 from podwire.config import ConfigError, Settings
 from podwire.model import (
+    UNKNOWN_EXTERNAL,
     Batch,
     ConnectionEvent,
     ConnectionOpened,
+    ConnectionRecord,
     DnsAnswer,
     Identity,
     NamedConnection,
@@ -30,7 +32,7 @@ from podwire.model import (
     Sink,
 )
 from podwire.telemetry.metrics import AgentSnapshot
-from podwire.tracker.tracker import Tracker, TrackerLimits
+from podwire.tracker.tracker import Tracker, TrackerLimits, checked_maker, twin_class
 
 if TYPE_CHECKING:
     from podwire.identity.service import IdentityService
@@ -49,6 +51,32 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+def _named_maker() -> Callable[[ConnectionRecord, Identity, Identity], NamedConnection]:
+    """NamedConnection(...) without the frozen dataclass __init__ (~0.3 us saved per connection):
+    the tracker's twin-class trick (see podwire.tracker.tracker), used only if it builds an equal
+    object; otherwise the real constructor."""
+    cls = NamedConnection
+    twin = twin_class(cls, ("record", "client", "server"))
+    if twin is None:
+        return cls
+    new = object.__new__
+
+    def make(record: ConnectionRecord, client: Identity, server: Identity) -> NamedConnection:
+        o: Any = new(twin)
+        o.record = record
+        o.client = client
+        o.server = server
+        o.__class__ = cls
+        return o  # type: ignore[no-any-return]
+
+    maker: Callable[[ConnectionRecord, Identity, Identity], NamedConnection]
+    maker = checked_maker(make, cls, (None, UNKNOWN_EXTERNAL, UNKNOWN_EXTERNAL))
+    return maker
+
+
+_make_named = _named_maker()
+
+
 class Pipeline:
     """Feeds segments to the tracker and hands every event, named, to the sinks."""
 
@@ -62,6 +90,9 @@ class Pipeline:
         self.tracker = tracker
         self._resolve = resolver.resolve
         self._sinks = tuple(sinks)
+        # bound once: the dispatch loop runs per connection
+        self._on_opened = tuple(sink.on_opened for sink in self._sinks)
+        self._on_connection = tuple(sink.on_connection for sink in self._sinks)
         self._learn_dns = learn_dns
 
     def feed(self, batch: Batch) -> None:
@@ -86,15 +117,13 @@ class Pipeline:
             if isinstance(event, ConnectionOpened):
                 client = resolve(event.client.address, event.start_time)
                 server = resolve(event.server.address, event.start_time)
-                for sink in self._sinks:
-                    sink.on_opened(event, client, server)
+                for on_opened in self._on_opened:
+                    on_opened(event, client, server)
                 continue
             at = event.start_time if event.start_time is not None else event.end_time
-            named = NamedConnection(
-                event, resolve(event.client.address, at), resolve(event.server.address, at)
-            )
-            for sink in self._sinks:
-                sink.on_connection(named)
+            named = _make_named(event, resolve(event.client.address, at), resolve(event.server.address, at))
+            for on_connection in self._on_connection:
+                on_connection(named)
 
 
 class CollectingSink:
