@@ -701,3 +701,17 @@ def test_bad_kubeconfig_is_one_config_error_line(tmp_path: Path):
         build_service(Settings(kube="on", kubeconfig=str(bad)))
     assert len(info.value.problems) == 1
     assert info.value.problems[0].startswith(f"kubernetes: cannot load configuration from {bad}")
+
+
+def test_backoff_is_jittered_exponential_capped_and_resets():
+    import random as _random
+
+    from podwire.identity.kube import Backoff
+
+    b = Backoff(base=0.5, cap=8.0, rng=_random.Random(1))
+    delays = [b.next() for _ in range(8)]
+    ceilings = [min(8.0, 0.5 * 2**i) for i in range(8)]
+    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=True))
+    assert len({round(d, 6) for d in delays}) == 8  # jittered, not lock-step
+    b.reset()
+    assert b.next() <= 0.5

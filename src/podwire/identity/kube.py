@@ -13,6 +13,7 @@ and Job -> CronJob (the ReplicaSet and Job maps are kept here, slim: one string 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -319,6 +320,14 @@ class KubeSource:
     # ---- the per-kind loop ------------------------------------------------------------------
 
     def _run(self, kind: str) -> None:
+        try:
+            self._loop(kind)
+        except BaseException as exc:  # a bug: say so once, and stay unready rather than die silently
+            self._states[kind].error = f"internal error: {exc!r}"
+            with contextlib.suppress(Exception):  # even logging is gone (closed stderr)
+                _log.exception("kube_watch_thread_failed", kind=kind)
+
+    def _loop(self, kind: str) -> None:
         state = self._states[kind]
         backoff = Backoff(cap=self.backoff_cap_s, rng=self._rng)
         need_list = True
