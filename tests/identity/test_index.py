@@ -79,6 +79,8 @@ def test_reused_pod_ip_resolves_by_who_held_it_at_the_time():
     assert index.resolve("10.1.0.7", 2010.0) == a
     assert index.resolve("10.1.0.7", 2090.0) == b
     assert index.stats().lookups_historical >= 2
+    st = index.stats()
+    assert (st.addresses, st.addresses_with_history, st.spans) == (1, 1, 2)
 
 
 def test_deleted_pod_still_names_late_events_then_the_address_is_free():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import sys
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -126,6 +127,8 @@ class ExternalNames:
         self._cache_size = max(16, cache_size)
         self._clock = clock
         self._dns: OrderedDict[str, _Learned] = OrderedDict()  # address -> name, LRU order
+        # Several capture threads may learn at once; lookups read without it (single dict gets).
+        self._learn_lock = threading.Lock()
         self._cidr_cache: dict[str, Identity | None] = {}
         self._names: dict[str, Identity] = {}  # interned identities of learned names
         self.cidr_hits = 0
@@ -161,6 +164,10 @@ class ExternalNames:
         """Remember names from sniffed DNS answers; returns how many were taken."""
         if not self.dns_enabled:
             return 0
+        with self._learn_lock:
+            return self._learn(answers)
+
+    def _learn(self, answers: Iterable[DnsAnswer]) -> int:
         taken = 0
         dns = self._dns
         for ans in answers:

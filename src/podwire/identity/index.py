@@ -390,8 +390,9 @@ class IdentityIndex:
                 keys=len(self._keys),
                 addresses=len(self._now),
                 addresses_with_history=len(self._spans),
-                spans=sum(len(s) for s in self._spans.values())
-                + sum(1 for ip in self._current if ip not in self._spans),
+                # Timelines end with their open span when the address is held: count it once.
+                spans=len(self._current)
+                + sum(len(s) - (s[-1].until == POS_INF) for s in self._spans.values()),
                 sets=self._sets,
                 removes=self._removes,
                 pruned_spans=self._pruned,
