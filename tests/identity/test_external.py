@@ -121,3 +121,25 @@ def test_result_cache_is_bounded():
     for i in range(1000):
         assert ext.resolve(f"198.18.{i // 256}.{i % 256}").name == "internet"
     assert len(ext._cidr_cache) <= 64
+
+
+def test_learning_from_several_capture_threads_at_once_never_raises():
+    import threading
+
+    ext = ExternalNames(max_dns_names=500, clock=Clock(0.0))
+    errors: list[BaseException] = []
+
+    def learn(k: int) -> None:
+        try:
+            for i in range(20_000):
+                ext.learn([DnsAnswer(0.0, f"h{i % 700}.example", f"198.51.{k}.{i % 700 % 256}", 60)])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=learn, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert ext.stats().dns_names <= 500
