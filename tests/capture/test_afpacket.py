@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mmap
 import struct
+from typing import Any
 
 import pytest
 from scapy.layers.inet import IP, TCP
@@ -101,13 +102,22 @@ def test_drain_yields_what_decoder_ethernet_yields_for_every_frame(inline: bool)
         assert struct.unpack_from("=I", ring, b * BLOCK + 8)[0] == TP_STATUS_KERNEL
 
 
-def test_drain_stops_at_max_blocks_and_resumes_at_the_next_block() -> None:
-    buf = frame(CASES[0][1])
-    ring = _ring([[(buf, 0)], [(buf, 0), (buf, 0)], [(buf, 0)]])
+def test_drain_stops_at_max_blocks_and_resumes_at_the_next_block_decoding_inline() -> None:
+    # What Linux sends (DF set, TCP options): the inline path takes it; the decoder is never called.
+    buf = frame(ETH / IP(src=A4, dst=B4, flags="DF") / TCP(flags="S", options=[("MSS", 1460)]))
+    ring = _ring([[(buf, 0)], [(buf, 0), (buf, PACKET_OUTGOING)], [(buf, 0)]])
     d = Decoder()
+    called: list[int] = []
+
+    def decode(*args: Any) -> Segment | None:
+        called.append(1)
+        return d.ethernet(*args)
+
     rs = _socket_over(ring, 3, 4)
     out: list[Segment] = []
-    assert rs.drain(d.ethernet, out, 2, d.stats) == 3
+    assert rs.drain(decode, out, 2, d.stats) == 3
     assert len(out) == 3
-    assert rs.drain(d.ethernet, out, 2, d.stats) == 1
+    assert rs.drain(decode, out, 2, d.stats) == 1
+    assert [s.from_local for s in out] == [True, True, False, True]
     assert len(out) == 4 and d.stats.frames == d.stats.segments == 4
+    assert not called
