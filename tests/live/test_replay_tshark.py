@@ -23,6 +23,19 @@ from .harness import client_socket, listener, rst_close
 pytestmark = pytest.mark.live
 
 
+def _wait_until_written(pcap: Path, quiet_s: float = 1.0, limit_s: float = 15.0) -> None:
+    """tcpdump may lag behind on a busy machine, and SIGINT drops what it has not read yet."""
+    deadline = time.monotonic() + limit_s
+    size, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        now_size = pcap.stat().st_size
+        if now_size != size:
+            size, since = now_size, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.1)
+
+
 def _tshark(*args: str) -> str:
     return subprocess.run(["tshark", *args], capture_output=True, text=True, check=True, timeout=120).stdout
 
@@ -117,7 +130,7 @@ def test_replay_agrees_with_tshark_on_connections_times_and_bytes(
         rst_close(s)
         conn.close()
         lsock.close()
-        time.sleep(0.5)
+        _wait_until_written(pcap)
     finally:
         dump.send_signal(signal.SIGINT)
         dump.wait(10)
