@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from podwire.agent import settle_heap
+from podwire.agent import GC_YOUNG_THRESHOLD, settle_heap
 
 
 class _Node:
@@ -14,9 +14,11 @@ class _Node:
 
 def test_settle_heap_freezes_startup_objects_and_later_cycles_are_still_collected() -> None:
     before = _Node()
+    threshold = gc.get_threshold()
     try:
         settle_heap()
         assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *threshold[1:])
         assert not any(o is before for o in gc.get_objects())  # frozen: never walked again
         later = _Node()
         later.peer = _Node()
@@ -26,3 +28,4 @@ def test_settle_heap_freezes_startup_objects_and_later_cycles_are_still_collecte
         assert gc.collect() >= 2
     finally:
         gc.unfreeze()
+        gc.set_threshold(*threshold)
