@@ -228,7 +228,17 @@ def running(kubeconfig: Path, **settings: Any) -> Iterator[IdentityService]:
     finally:
         t0 = time.monotonic()
         service.stop(5.0)
-        assert time.monotonic() - t0 < 5.0, "stop() did not interrupt the open watches"
+        if time.monotonic() - t0 >= 5.0:
+            import sys
+            import traceback
+
+            frames = sys._current_frames()
+            stuck = [
+                f"{t.name}:\n" + "".join(traceback.format_stack(frames[t.ident])[-6:])
+                for t in threading.enumerate()
+                if t.name.startswith("podwire-kube") and t.ident in frames
+            ]
+            raise AssertionError("stop() did not interrupt the open watches:\n" + "\n".join(stuck))
 
 
 def workload(service: IdentityService, ip: str) -> tuple[str | None, str | None]:

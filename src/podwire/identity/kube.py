@@ -482,9 +482,13 @@ class KubeSource:
             if cont:
                 params["_continue"] = cont
             resp = self._get(kind, params, 120.0)
+            state.response = resp  # so stop() can cut a long read short
             try:
+                if self._stop.is_set():
+                    raise _StreamLost("stopping")
                 data = resp.data
             finally:
+                state.response = None
                 resp.release_conn()
             try:
                 page = decoder.decode(data)
@@ -539,8 +543,14 @@ class KubeSource:
         except _Gone:
             state.override_rv = None  # the server has seen it: done with it
             raise
-        state.override_rv = None
         state.response = resp
+        if self._stop.is_set() or state.reconnecting:
+            # stop() or reconnect() ran while we connected, before it could see this response.
+            state.response = None
+            resp.close()
+            resp.release_conn()
+            return
+        state.override_rv = None
         state.watches += 1
         handle = self.apply_line
         lines = _lines(resp)
