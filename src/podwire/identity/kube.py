@@ -344,14 +344,18 @@ class KubeSource:
                         state.synced = True
                         self._synced[kind].set()
                         self._on_synced(kind)
+                began = time.monotonic()
                 self._watch(state)
-                backoff.reset()
                 if unreachable_since is not None:
                     down_s = round(time.monotonic() - unreachable_since, 1)
                     _log.info("kube_reachable_again", kind=kind, after_s=down_s)
                     unreachable_since = None
                 state.error = None
-                continue
+                if time.monotonic() - began > 1.0 or state.reconnecting:
+                    backoff.reset()
+                    continue
+                # The server closed the watch at once (e.g. shutting down): don't spin on it.
+                delay = backoff.next()
             except _Gone as exc:
                 state.relists += 1
                 need_list = True
