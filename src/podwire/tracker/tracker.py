@@ -429,10 +429,12 @@ class Tracker:
         self._anomalies: dict[str, int] = {}
         self._endpoints: dict[tuple[bytes, int], Endpoint] = {}  # bounded caches (cleared when full)
         self._texts: dict[bytes, str] = {}
-        # Decide at construction: one bound handler per (state, event) slot of the table.
-        self._handlers: tuple[Callable[[_Entry | None, Segment, bool, Rule], Events], ...] = tuple(
-            getattr(self, "_do_" + rule.action) for rule in RULES
-        )
+        # Decide at construction: per (state, event) slot of the table, its bound handler, its
+        # rule and the anomaly it counts (one tuple fetched per segment).
+        self._steps: tuple[
+            tuple[Callable[[_Entry | None, Segment, bool, Rule], Events], Rule, str | None], ...
+        ]
+        self._steps = tuple((getattr(self, "_do_" + rule.action), rule, rule.anomaly) for rule in RULES)
 
     # --- public API ----------------------------------------------------------------------
 
@@ -473,11 +475,10 @@ class Tracker:
             if guess_client_is_src(seg.sport, seg.dport):
                 from_client = True
                 event = _EV_FIN_C if event == _EV_FIN_S else _EV_RST_C if event == _EV_RST_S else event
-        index = state * N_EVENTS + event
-        rule = RULES[index]
-        if rule.anomaly is not None:
-            self._count(self._anomalies, rule.anomaly)
-        return self._handlers[index](entry, seg, from_client, rule)
+        handler, rule, anomaly = self._steps[state * N_EVENTS + event]
+        if anomaly is not None:
+            self._count(self._anomalies, anomaly)
+        return handler(entry, seg, from_client, rule)
 
     def expire(self, now: float) -> list[ConnectionEvent]:
         """Run the timers.  Costs O(expired): each phase is in time order."""
@@ -633,8 +634,8 @@ class Tracker:
             # A client's ephemeral port rarely repeats within the cache's reach: only its text is
             # cached (keeping its Endpoint would hold one more object per connection alive).
             _, caddr, saddr, cport, sport = entry.key
-            client = entry.client = _make_endpoint(self._text(caddr), cport)
-            server = entry.server = self._endpoint(saddr, sport)
+            client = entry.client = _make_endpoint(self._texts.get(caddr) or self._text(caddr), cport)
+            server = entry.server = self._endpoints.get((saddr, sport)) or self._endpoint(saddr, sport)
         return client, server
 
     def _opened(self, entry: _Entry) -> ConnectionOpened:
