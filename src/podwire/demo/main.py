@@ -33,7 +33,7 @@ def run(settings: Settings, duration: float | None, tui: bool) -> int:
         return 2
     cl.exit_on_sigterm()
     stop = threading.Event()
-    edges = table_view.EdgeTable(lambda c: counts_here(c.record.observed_side, c.client))
+    edges = table_view.EdgeTable(lambda c: counts_here(c.record.observed_side, c.client), counts_here)
     try:
         with cl.Cluster(traffic.demo_spec()) as cluster:
             inv = inventory.write_inventory(cluster, cluster.workdir() / "inventory.yaml")

@@ -6,13 +6,14 @@ Only connections that count (exactly once, same rule as the metrics) are aggrega
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from podwire.model import ConnectionOpened, Identity, IdentityKind, NamedConnection, Outcome
+from podwire.model import ConnectionOpened, Identity, IdentityKind, NamedConnection, Outcome, Side
 
 MAX_EDGES = 500
 
@@ -39,6 +40,7 @@ class EdgeRow:
     duration_n: int = 0
     duration_max: float = 0.0
     updated: float = 0.0
+    active: int = 0  # opened (SYN-ACK seen), not yet closed
 
     @property
     def total(self) -> int:
@@ -48,8 +50,14 @@ class EdgeRow:
 class EdgeTable:
     """Aggregates named connections per edge, bounded to MAX_EDGES (least recently updated evicted)."""
 
-    def __init__(self, counts: Callable[[NamedConnection], bool], max_edges: int = MAX_EDGES) -> None:
+    def __init__(
+        self,
+        counts: Callable[[NamedConnection], bool],
+        counts_opened: Callable[[Side | None, Identity], bool],
+        max_edges: int = MAX_EDGES,
+    ) -> None:
         self._counts = counts
+        self._counts_opened = counts_opened
         self._rows: dict[tuple[str, str, int], EdgeRow] = {}
         self._lock = threading.Lock()
         self._max = max_edges
@@ -57,7 +65,22 @@ class EdgeTable:
         self.started = time.time()
 
     def on_opened(self, event: ConnectionOpened, client: Identity, server: Identity) -> None:
-        return
+        if not self._counts_opened(event.observed_side, client):
+            return
+        key = (label(client, event.client.address), label(server, event.server.address), event.server.port)
+        with self._lock:
+            self._row(key).active += 1
+
+    def _row(self, key: tuple[str, str, int]) -> EdgeRow:
+        row = self._rows.pop(key, None)
+        if row is None:
+            row = EdgeRow(*key)
+            if len(self._rows) >= self._max:
+                del self._rows[next(iter(self._rows))]
+                self.evicted += 1
+        self._rows[key] = row  # most recently updated last
+        row.updated = time.time()
+        return row
 
     def on_connection(self, conn: NamedConnection) -> None:
         if not self._counts(conn):
@@ -65,13 +88,9 @@ class EdgeTable:
         r = conn.record
         key = (label(conn.client, r.client.address), label(conn.server, r.server.address), r.server.port)
         with self._lock:
-            row = self._rows.pop(key, None)
-            if row is None:
-                row = EdgeRow(*key)
-                if len(self._rows) >= self._max:
-                    del self._rows[next(iter(self._rows))]
-                    self.evicted += 1
-            self._rows[key] = row  # most recently updated last
+            row = self._row(key)
+            if r.server_isn is not None and not r.started_before_capture and row.active > 0:
+                row.active -= 1  # it was counted open at its SYN-ACK
             outcome = str(r.outcome)
             row.outcomes[outcome] = row.outcomes.get(outcome, 0) + 1
             row.bytes_c2s += r.bytes_client_to_server or 0
@@ -80,25 +99,10 @@ class EdgeTable:
                 row.duration_sum += r.duration_s
                 row.duration_n += 1
                 row.duration_max = max(row.duration_max, r.duration_s)
-            row.updated = time.time()
 
     def snapshot(self) -> list[EdgeRow]:
         with self._lock:
-            rows = [
-                EdgeRow(
-                    r.client,
-                    r.server,
-                    r.port,
-                    dict(r.outcomes),
-                    r.bytes_c2s,
-                    r.bytes_s2c,
-                    r.duration_sum,
-                    r.duration_n,
-                    r.duration_max,
-                    r.updated,
-                )
-                for r in self._rows.values()
-            ]
+            rows = [dataclasses.replace(r, outcomes=dict(r.outcomes)) for r in self._rows.values()]
         rows.sort(key=lambda r: (r.client, r.server, r.port))
         return rows
 
@@ -107,6 +111,7 @@ COLUMNS = (
     "client",
     "server",
     "port",
+    "open",
     "conns",
     "closed",
     "reset",
@@ -125,6 +130,7 @@ def row_cells(row: EdgeRow) -> tuple[str, ...]:
         row.client,
         row.server,
         str(row.port),
+        str(row.active),
         str(row.total),
         str(row.outcomes.get(Outcome.CLOSED, 0)),
         str(row.outcomes.get(Outcome.RESET, 0)),
@@ -154,7 +160,7 @@ def write_plain(rows: list[EdgeRow], out: TextIO, now: float) -> None:
         cells = dict(zip(COLUMNS, row_cells(row), strict=True))
         out.write(
             f"t={now:.0f} edge {cells['client']} -> {cells['server']}:{cells['port']} "
-            f"conns={cells['conns']} closed={cells['closed']} reset={cells['reset']} "
+            f"open={cells['open']} conns={cells['conns']} closed={cells['closed']} reset={cells['reset']} "
             f"refused={cells['refused']} timeout={cells['timeout']} "
             f"bytes_c2s={row.bytes_c2s} bytes_s2c={row.bytes_s2c} avg_dur_s={cells['avg dur s']}\n"
         )
