@@ -132,7 +132,7 @@ def run_once(ring: Ring, n: int, stage: str, settings: Settings, resolver: objec
     sink = CollectingSink()
     tracker = Tracker(TrackerLimits.from_settings(settings))
     pipeline = Pipeline(tracker, resolver, [sink])  # type: ignore[arg-type]
-    track = tracker.feed
+    track = tracker.feed_many
     t0 = time.thread_time()
     for _ in range(ring.blocks):
         segments: list[Segment] = []
@@ -141,8 +141,7 @@ def run_once(ring: Ring, n: int, stage: str, settings: Settings, resolver: objec
         if stage == "all":
             pipeline.feed(batch)
         elif stage == "track":
-            for seg in segments:
-                track(seg)
+            track(segments)
     seconds = time.thread_time() - t0
     if stage == "all":
         exact = sum(

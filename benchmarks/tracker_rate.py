@@ -1,4 +1,5 @@
-"""Tracker cost: microseconds per connection lifecycle (SYN, SYN-ACK, FIN, FIN) through feed().
+"""Tracker cost: microseconds per connection lifecycle (SYN, SYN-ACK, FIN, FIN) through
+feed_many(), in batches of about a ring block, as the agent feeds it.
 
     .venv/bin/python benchmarks/tracker_rate.py [--connections N] [--repeat R]
 
@@ -66,16 +67,19 @@ def cpu(fn: Callable[[], object]) -> float:
     return time.process_time() - t0
 
 
+BATCH = 500  # segments per feed_many() call, about one ring block as the agent feeds them
+
+
 def feed_run(segments: list[Segment], limits: TrackerLimits) -> float:
     tracker = Tracker(limits)
-    feed = tracker.feed
+    feed = tracker.feed_many
     emitted = 0
+    batches = [segments[i : i + BATCH] for i in range(0, len(segments), BATCH)]
 
     def go() -> None:
         nonlocal emitted
-        for seg in segments:
-            if feed(seg):
-                emitted += 1
+        for batch in batches:
+            emitted += len(feed(batch))
 
     gc.collect()
     seconds = cpu(go)
@@ -87,7 +91,7 @@ def per_kind(segments: list[Segment], chunk: int = 500) -> list[float]:
     """CPU seconds per segment kind, fed kind by kind in chunks of `chunk` connections
     (so the table stays small, as it does in a churn)."""
     tracker = Tracker()
-    feed = tracker.feed
+    feed = tracker.feed_many
     out = [0.0, 0.0, 0.0, 0.0]
     for start in range(0, len(segments), 4 * chunk):
         block = segments[start : start + 4 * chunk]
@@ -95,8 +99,7 @@ def per_kind(segments: list[Segment], chunk: int = 500) -> list[float]:
             batch = block[kind::4]
 
             def go(batch: list[Segment] = batch) -> None:
-                for seg in batch:
-                    feed(seg)
+                feed(batch)
 
             out[kind] += cpu(go)
     return out
@@ -108,11 +111,11 @@ def syn_flood(n: int) -> float:
         src = bytes((10, 1, (i >> 16) & 255, (i >> 8) & 255))
         segs.append(Segment(1.0 + i * 1e-6, 3, src, SERVER, 1024 + i % 60000, 80, i, 0, SYN, 0))
     tracker = Tracker(TrackerLimits(max_connections=4096, max_half_open=1024))
-    feed = tracker.feed
+    feed = tracker.feed_many
 
     def go() -> None:
-        for seg in segs:
-            feed(seg)
+        for start in range(0, len(segs), BATCH):
+            feed(segs[start : start + BATCH])
 
     gc.collect()
     seconds = cpu(go)

@@ -105,14 +105,12 @@ class Pipeline:
         self._learn_dns = learn_dns
 
     def feed(self, batch: Batch) -> None:
-        feed = self.tracker.feed
-        dispatch = self._dispatch
         if batch.dns and self._learn_dns is not None:
             self._learn_dns(batch.dns)
-        for segment in batch.segments:
-            events = feed(segment)
-            if events:
-                dispatch(events)
+        # the whole batch through the tracker in one call, then its events in order
+        events = self.tracker.feed_many(batch.segments)
+        if events:
+            self._dispatch(events)
 
     def tick(self, now: float) -> None:
         self._dispatch(self.tracker.expire(now))

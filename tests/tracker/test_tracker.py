@@ -668,6 +668,48 @@ def test_random_garbage_segments_never_raise_and_stay_bounded() -> None:
     assert len(t) == 0
 
 
+def test_feed_many_in_batches_matches_feed_one_by_one_event_for_event() -> None:
+    # The agent feeds a ring block per call; the books and the events must not depend on that.
+    rng = random.Random(11)
+    limits = TrackerLimits(max_connections=256, max_half_open=64, max_recently_closed=128)
+    addrs = [A, B, A6, b"\x01\x02"]
+    flags_pool = [SYN, SYN, SYN | ACK, SYN | ACK, FIN | ACK, FIN | ACK, RST, RST | ACK, SYN | FIN, ACK]
+    segs = [
+        Segment(
+            1.0 + i * 0.01,
+            rng.choice([0, 1]),
+            rng.choice(addrs),
+            rng.choice(addrs),
+            rng.choice([80, 40000, 40001]),
+            rng.choice([80, 40000, 40001]),
+            rng.choice([0, 1, 2, 1000]),
+            rng.choice([0, 1, 2, 1001]),
+            rng.choice(flags_pool),
+            rng.choice([0, 5]),
+            rng.choice([True, False, None]),
+        )
+        for i in range(30_000)
+    ]
+    one, many = Tracker(limits), Tracker(limits)
+    one_events: list[ConnectionEvent] = []
+    many_events: list[ConnectionEvent] = []
+    start = 0
+    while start < len(segs):
+        batch = segs[start : start + rng.choice([1, 7, 400])]
+        start += len(batch)
+        for seg in batch:
+            one_events.extend(one.feed(seg))
+        many_events.extend(many.feed_many(batch))
+        now = batch[-1].ts
+        one_events.extend(one.expire(now))
+        many_events.extend(many.expire(now))
+    assert len(records(many_events)) > 1000
+    assert many_events == one_events
+    assert many.stats == one.stats
+    assert len(many.stats.anomalies) >= 4
+    assert many.flush(1e9) == one.flush(1e9)
+
+
 # --- construction ---------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
     tracker = Tracker(TrackerLimits.from_settings(settings))
     events = tracker.feed(segment)     # per SYN / FIN / RST segment
+    events = tracker.feed_many(batch)  # the same for a batch (a ring block): one call, events in order
     events = tracker.expire(now)       # timers; call about once a second
     events = tracker.flush(now)        # end of capture: everything left
     tracker.stats                      # TrackerStats snapshot
@@ -72,7 +73,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -440,45 +441,62 @@ class Tracker:
 
     def feed(self, seg: Segment) -> Events:
         """One SYN/FIN/RST segment -> the events it completes (usually none: shared `()`)."""
+        events = self.feed_many((seg,))
+        return tuple(events) if events else _NONE
+
+    def feed_many(self, segments: Iterable[Segment]) -> list[ConnectionEvent]:
+        """feed() for each segment in order (a ring block's worth): the events they complete, in
+        order.  One call per batch, with the tables looked up once, instead of one per segment."""
+        out: list[ConnectionEvent] = []
         entries = self._entries
-        key: Key = seg[1:6]  # (point, src, dst, sport, dport): the forward key
-        entry = entries.get(key)
-        if entry is not None and entry.state:
-            from_client = True
-        else:
-            from_client = False
-            point, src, dst, sport, dport = key
-            found = entries.get((point, dst, src, dport, sport))
-            if found is not None and (found.state or entry is None):
-                entry = found
-        # Here entry is live, or a finished one on this tuple (state NEW), or None.
-        flags = seg.flags
-        if flags & RST:
-            event = _EV_RST_C if from_client else _EV_RST_S
-        elif flags & SYN:
-            if flags & FIN:
-                return self._anomaly("bad_flags")
-            if flags & ACK:
-                event = _EV_SYNACK_C if from_client else _EV_SYNACK
-            elif entry is None or not entry.state or (from_client and seg.seq == entry.cisn):
-                event = _EV_SYN  # a new SYN, or a retransmit of the live one
-            else:
-                event = _EV_SYN_OTHER
-        elif flags & FIN:
-            event = _EV_FIN_C if from_client else _EV_FIN_S
-        else:
-            return self._anomaly("no_control_flag")
-        state = _NEW if entry is None else entry.state
-        if state == _NEW and event >= _EV_FIN_C:  # FIN or RST on a tuple with no live entry
-            if entry is not None:
-                return self._anomaly("after_close")  # e.g. a FIN retransmitted for a lost last ACK
-            if guess_client_is_src(seg.sport, seg.dport):
+        steps = self._steps
+        anomalies = self._anomalies
+        count = self._count
+        for seg in segments:
+            key: Key = seg[1:6]  # (point, src, dst, sport, dport): the forward key
+            entry = entries.get(key)
+            if entry is not None and entry.state:
                 from_client = True
-                event = _EV_FIN_C if event == _EV_FIN_S else _EV_RST_C if event == _EV_RST_S else event
-        handler, rule, anomaly = self._steps[state * N_EVENTS + event]
-        if anomaly is not None:
-            self._count(self._anomalies, anomaly)
-        return handler(entry, seg, from_client, rule)
+            else:
+                from_client = False
+                point, src, dst, sport, dport = key
+                found = entries.get((point, dst, src, dport, sport))
+                if found is not None and (found.state or entry is None):
+                    entry = found
+            # Here entry is live, or a finished one on this tuple (state NEW), or None.
+            flags = seg.flags
+            if flags & RST:
+                event = _EV_RST_C if from_client else _EV_RST_S
+            elif flags & SYN:
+                if flags & FIN:
+                    count(anomalies, "bad_flags")
+                    continue
+                if flags & ACK:
+                    event = _EV_SYNACK_C if from_client else _EV_SYNACK
+                elif entry is None or not entry.state or (from_client and seg.seq == entry.cisn):
+                    event = _EV_SYN  # a new SYN, or a retransmit of the live one
+                else:
+                    event = _EV_SYN_OTHER
+            elif flags & FIN:
+                event = _EV_FIN_C if from_client else _EV_FIN_S
+            else:
+                count(anomalies, "no_control_flag")
+                continue
+            state = _NEW if entry is None else entry.state
+            if state == _NEW and event >= _EV_FIN_C:  # FIN or RST on a tuple with no live entry
+                if entry is not None:
+                    count(anomalies, "after_close")  # e.g. a FIN retransmitted for a lost last ACK
+                    continue
+                if guess_client_is_src(seg.sport, seg.dport):
+                    from_client = True
+                    event = _EV_FIN_C if event == _EV_FIN_S else _EV_RST_C if event == _EV_RST_S else event
+            handler, rule, anomaly = steps[state * N_EVENTS + event]
+            if anomaly is not None:
+                count(anomalies, anomaly)
+            events = handler(entry, seg, from_client, rule)
+            if events:
+                out.extend(events)
+        return out
 
     def expire(self, now: float) -> list[ConnectionEvent]:
         """Run the timers.  Costs O(expired): each phase is in time order."""
