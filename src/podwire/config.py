@@ -110,8 +110,12 @@ class Settings:
     interface_include: str = r".*"
     interface_exclude: str = r"^(lo|docker\d*|cni\d*|flannel.*|cilium_.*|kube-ipvs\d*)$"
     veth_only: bool = True  # only veths whose peer lives in another netns
-    ring_block_kib: int = 256
-    ring_blocks: int = 16
+    # 4 MiB per interface.  A block goes to user space when full or `ring_retire_ms` after its first
+    # frame, so on a quiet interface each block may hold one frame: blocks x retire is how long the
+    # capture thread may stall (GC, a metrics collection) before sparse traffic is dropped.
+    ring_block_kib: int = 128
+    ring_blocks: int = 32
+    ring_retire_ms: int = 100
     # tracker
     max_connections: int = 262_144
     max_half_open: int = 65_536
@@ -151,6 +155,7 @@ _FIELDS: dict[str, Callable[[str], Any]] = {
     "veth_only": _bool,
     "ring_block_kib": _positive_int,
     "ring_blocks": _positive_int,
+    "ring_retire_ms": _positive_int,
     "max_connections": _positive_int,
     "max_half_open": _positive_int,
     "syn_timeout_s": _positive_float,

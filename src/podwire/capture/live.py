@@ -69,11 +69,13 @@ class CaptureStats:
 class LiveCapture:
     """`PacketSource` over AF_PACKET rings on every candidate interface of one namespace."""
 
-    def __init__(self, settings: Settings, *, retire_ms: int = 10, program: BpfProgram | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, retire_ms: int | None = None, program: BpfProgram | None = None
+    ) -> None:
         if settings.ring_block_kib * 1024 % _PAGE:
             raise ValueError(f"ring_block_kib must be a multiple of the page size ({_PAGE // 1024} KiB)")
         self._settings = settings
-        self._retire_ms = retire_ms
+        self._retire_ms = settings.ring_retire_ms if retire_ms is None else retire_ms
         self._decoder = Decoder(dns=settings.dns_names)
         # Decided once: one filter and one decoder per link type (Ethernet for veths).
         options = FilterOptions(dns_answers=settings.dns_names)
