@@ -94,6 +94,15 @@ def test_cidr_beats_learned_name_and_learned_beats_unknown():
     assert ext.resolve("192.0.2.1", at=1.0) is UNKNOWN_EXTERNAL
 
 
+def test_a_catch_all_names_only_what_no_dns_answer_named():
+    ext = ExternalNames([("0.0.0.0/0", "internet"), ("::/0", "internet")], clock=Clock(0.0))
+    ext.learn([DnsAnswer(ts=0.0, name="api.stripe.example", address="198.51.100.7", ttl=300)])
+    assert ext.resolve("198.51.100.7", at=1.0).name == "api.stripe.example"
+    assert ext.resolve("198.51.100.8", at=1.0).name == "internet"
+    assert ext.resolve("2001:db8::1", at=1.0).name == "internet"
+    assert ext.resolve("198.51.100.7", at=10_000.0).name == "internet"  # the answer's TTL ran out
+
+
 def test_learned_names_are_bounded_least_recent_first():
     ext = ExternalNames(max_dns_names=100, clock=Clock(0.0))
     ext.learn(DnsAnswer(0.0, f"h{i}.example", f"198.51.100.{i}", 3600) for i in range(150))

@@ -75,8 +75,10 @@ class CidrTable:
     def __len__(self) -> int:
         return self._count
 
-    def lookup(self, address: str) -> Identity | None:
-        """The narrowest named network holding `address`; None if none does (or not an IP)."""
+    def lookup(self, address: str, default: bool = True) -> Identity | None:
+        """The narrowest named network holding `address`; None if none does (or not an IP).
+
+        `default=False` leaves out a catch-all entry (0.0.0.0/0, ::/0)."""
         try:
             if ":" in address:
                 value = _from_bytes(_inet_pton(socket.AF_INET6, address), "big")
@@ -86,7 +88,9 @@ class CidrTable:
                 table = self._v4
         except OSError:
             return None
-        for _plen, mask, nets in table:
+        for plen, mask, nets in table:
+            if plen == 0 and not default:
+                break  # the catch-all is the caller's last resort (it is sorted last)
             hit = nets.get(value & mask)
             if hit is not None:
                 return hit
@@ -102,10 +106,11 @@ class _Learned:
 
 
 class ExternalNames:
-    """CIDR table, then DNS-learned names, then `external`.
+    """CIDR table, then DNS-learned names, then a catch-all CIDR, then `external`.
 
-    Precedence follows the design: a configured CIDR beats a learned DNS name (so a catch-all
-    `0.0.0.0/0` entry hides learned names; leave it out to see them).
+    A configured network (e.g. `203.0.113.0/24: partner-api`) beats a learned DNS name: the user
+    chose that name, and it keeps edge cardinality low.  A catch-all (`0.0.0.0/0: internet`) does
+    not: it names only what no DNS answer named, so learned names stay visible beside it.
     """
 
     def __init__(
@@ -144,7 +149,7 @@ class ExternalNames:
     def resolve(self, address: str, at: float | None = None) -> Identity:
         cached = self._cidr_cache.get(address, self)
         if cached is self:
-            cached = self.cidrs.lookup(address)
+            cached = self.cidrs.lookup(address, default=False)
             if len(self._cidr_cache) >= self._cache_size:
                 self._cidr_cache = {}  # bounded: start over rather than track recency
             self._cidr_cache[address] = cached
@@ -157,6 +162,10 @@ class ExternalNames:
             if when <= learned.expires:
                 self.dns_hits += 1
                 return learned.identity
+        catch_all = self.cidrs.lookup(address)
+        if catch_all is not None:
+            self.cidr_hits += 1
+            return catch_all
         self.unknown += 1
         return UNKNOWN_EXTERNAL
 
