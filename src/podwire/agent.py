@@ -127,6 +127,7 @@ class Pipeline:
                 for on_opened in self._on_opened:
                     on_opened(event, client, server)
                 continue
+            # who held each address when the connection started (as identity.name_connection)
             at = event.start_time if event.start_time is not None else event.end_time
             named = _make_named(event, resolve(event.client.address, at), resolve(event.server.address, at))
             for on_connection in self._on_connection:

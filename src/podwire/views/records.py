@@ -9,22 +9,8 @@ import json
 from collections.abc import Iterable
 from typing import Any, TextIO
 
+from podwire.identity.naming import identity_json
 from podwire.model import Endpoint, Identity, IdentityKind, NamedConnection
-
-
-def identity_json(identity: Identity) -> dict[str, Any]:
-    if identity.kind is IdentityKind.POD:
-        return {
-            "kind": "pod",
-            "namespace": identity.namespace,
-            "name": identity.name,
-            "workload": identity.workload,
-            "workload_kind": identity.workload_kind,
-        }
-    out: dict[str, Any] = {"kind": str(identity.kind), "name": identity.name}
-    if identity.namespace is not None:
-        out["namespace"] = identity.namespace
-    return out
 
 
 def _end(endpoint: Endpoint, identity: Identity) -> dict[str, Any]:
