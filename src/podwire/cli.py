@@ -95,7 +95,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from podwire.demo import main as demo_main
 
     settings = _settings(args, ("listen", "log_format", "log_level"))
-    log.configure(settings.log_format if args.log_format else "console", settings.log_level)
+    # the live table owns the terminal: only warnings interrupt it, unless a level was asked for
+    level = settings.log_level if args.log_level or args.no_tui else "warning"
+    log.configure(settings.log_format, level)
     return demo_main.run(settings, duration=args.duration, tui=not args.no_tui)
 
 
