@@ -87,7 +87,7 @@ def test_demo_shows_named_edges_serves_http_and_leaves_nothing_when_stopped(how:
         assert _get(port, "/healthz")[0] == 200
         status, text = _get(port, "/metrics")
         assert status == 200
-        assert 'podwire_tcp_connections_total{' in text and 'client_workload="frontend"' in text
+        assert "podwire_tcp_connections_total{" in text and 'client_workload="frontend"' in text
         children = _children(proc.pid)
         assert children, "the demo runs its servers and clients as child processes"
         assert _demo_namespaces() - before, "the demo made its namespaces"
