@@ -14,16 +14,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from podwire import log
 from podwire.config import ConfigError, Settings
 from podwire.model import (
-    UNKNOWN_EXTERNAL,
     Batch,
     ConnectionEvent,
     ConnectionOpened,
-    ConnectionRecord,
     DnsAnswer,
     Identity,
     NamedConnection,
@@ -32,7 +30,7 @@ from podwire.model import (
     Sink,
 )
 from podwire.telemetry.metrics import AgentSnapshot
-from podwire.tracker.tracker import Tracker, TrackerLimits, checked_maker, twin_class
+from podwire.tracker.tracker import Tracker, TrackerLimits
 
 if TYPE_CHECKING:
     from podwire.identity.service import IdentityService
@@ -58,32 +56,6 @@ def settle_heap() -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
-
-
-def _named_maker() -> Callable[[ConnectionRecord, Identity, Identity], NamedConnection]:
-    """NamedConnection(...) without the frozen dataclass __init__ (~0.3 us saved per connection):
-    the tracker's twin-class trick (see podwire.tracker.tracker), used only if it builds an equal
-    object; otherwise the real constructor."""
-    cls = NamedConnection
-    twin = twin_class(cls, ("record", "client", "server"))
-    if twin is None:
-        return cls
-    new = object.__new__
-
-    def make(record: ConnectionRecord, client: Identity, server: Identity) -> NamedConnection:
-        o: Any = new(twin)
-        o.record = record
-        o.client = client
-        o.server = server
-        o.__class__ = cls
-        return o  # type: ignore[no-any-return]
-
-    maker: Callable[[ConnectionRecord, Identity, Identity], NamedConnection]
-    maker = checked_maker(make, cls, (None, UNKNOWN_EXTERNAL, UNKNOWN_EXTERNAL))
-    return maker
-
-
-_make_named = _named_maker()
 
 
 class Pipeline:
@@ -129,7 +101,9 @@ class Pipeline:
                 continue
             # who held each address when the connection started (as identity.name_connection)
             at = event.start_time if event.start_time is not None else event.end_time
-            named = _make_named(event, resolve(event.client.address, at), resolve(event.server.address, at))
+            named = NamedConnection(
+                event, resolve(event.client.address, at), resolve(event.server.address, at)
+            )
             for on_connection in self._on_connection:
                 on_connection(named)
 
