@@ -91,7 +91,7 @@ def test_two_agents_count_each_connection_once_and_pair_its_spans(
                 assert c.status_code == s_.status_code == 2  # ERROR: refused
                 continue
             port = c.attributes["client.port"]
-            address, up, down = made.by_client_port[port]
+            address, up, down = made.by_client[(c.attributes["client.address"], port)]
             assert c.attributes["server.address"] == address
             assert s_.attributes["client.port"] == port
             for span in (c, s_):

@@ -132,9 +132,10 @@ EXPECTED_EDGES = {
 
 @dataclass(frozen=True)
 class Made:
-    """What the plan's client sockets really did: client port -> (address dialled, bytes up, bytes down)."""
+    """What the plan's client sockets really did: (client address, client port) -> (address dialled,
+    bytes up, bytes down).  Two client pods may well pick the same ephemeral port."""
 
-    by_client_port: dict[int, tuple[str, int, int]]
+    by_client: dict[tuple[str, int], tuple[str, int, int]]
     total: int
 
 
@@ -151,7 +152,7 @@ def run_plan(cluster: Cluster) -> Made:
         *[(cb, sa.ipv4, 8080, 300 + i) for i in range(3)],  # b -> a
         *[(cb, SERVICE_IP, 80, 400 + i) for i in range(6)],  # b -> Service -> a
     ]
-    made: dict[int, tuple[str, int, int]] = {}
+    made: dict[tuple[str, int], tuple[str, int, int]] = {}
     for pod, address, port, up in plan:
         s = client_socket(cluster, pod)
         s.settimeout(10)
@@ -159,11 +160,13 @@ def run_plan(cluster: Cluster) -> Made:
         send_all_and_count(s, up)
         s.shutdown(socket.SHUT_WR)
         down = read_to_eof(s)
-        made[s.getsockname()[1]] = (address, up, down)
+        client_address, client_port = s.getsockname()[:2]
+        made[(client_address, client_port)] = (address, up, down)
         s.close()
     for _ in range(REFUSED):  # nothing listens on server-b:9
         s = client_socket(cluster, cb)
         with pytest.raises(ConnectionRefusedError):
             s.connect((sb.ipv4, 9))
         s.close()
+    assert len(made) == len(plan)  # every connection kept apart
     return Made(made, len(plan) + REFUSED)

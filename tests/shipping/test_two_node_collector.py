@@ -111,8 +111,8 @@ def test_collector_path_and_direct_scrape_give_the_same_exact_answers(
                 assert value(expr, collector) == value(expr, direct), expr
             assert value("sum(traces_service_graph_request_total{SEL})", direct) == made.total
             assert value("sum(traces_service_graph_request_failed_total{SEL})", direct) == REFUSED
-            up = sum(up for _address, up, _down in made.by_client_port.values())
-            down = sum(down for _address, _up, down in made.by_client_port.values())
+            up = sum(up for _address, up, _down in made.by_client.values())
+            down = sum(down for _address, _up, down in made.by_client.values())
             assert value('sum(podwire_tcp_bytes_total{direction="client_to_server",SEL})', collector) == up
             assert value('sum(podwire_tcp_bytes_total{direction="server_to_client",SEL})', collector) == down
         # the gateway forwarded both ends of every connection to "Tempo"
