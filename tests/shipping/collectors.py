@@ -49,3 +49,25 @@ def start_collector(otelcol: Path, config: Path, env: dict[str, str], log: Path)
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+OTEL = Path(__file__).resolve().parents[2] / "otel"
+
+
+def start_gateway(
+    otelcol: Path, *, grpc: int, http: int, prom: int, tempo: int, self_metrics: int, log: Path
+) -> subprocess.Popen:
+    """otel/gateway.yaml on loopback: OTLP in on grpc/http, Prometheus exporter on prom, spans to tempo."""
+    return start_collector(
+        otelcol,
+        OTEL / "gateway.yaml",
+        {
+            "GATEWAY_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{grpc}",
+            "GATEWAY_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{http}",
+            "GATEWAY_PROMETHEUS_ENDPOINT": f"127.0.0.1:{prom}",
+            "TEMPO_OTLP_ENDPOINT": f"127.0.0.1:{tempo}",
+            "OTELCOL_SELF_METRICS_HOST": "127.0.0.1",
+            "OTELCOL_SELF_METRICS_PORT": str(self_metrics),
+        },
+        log,
+    )

@@ -25,7 +25,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from tests.shipping.collectors import TempoStub, start_collector, wait_port
+from tests.shipping.collectors import TempoStub, start_collector, start_gateway, wait_port
 from tests.shipping.prometheus_server import Prometheus, free_port, running
 
 pytestmark = [pytest.mark.live, pytest.mark.peers]
@@ -56,18 +56,14 @@ def through_collectors(
     demo_log = (work / "demo.log").open("wb")
     try:
         procs.append(
-            start_collector(
+            start_gateway(
                 otelcol_bin,
-                OTEL / "gateway.yaml",
-                {
-                    "GATEWAY_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{p['gw_grpc']}",
-                    "GATEWAY_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{p['gw_http']}",
-                    "GATEWAY_PROMETHEUS_ENDPOINT": f"127.0.0.1:{p['gw_prom']}",
-                    "TEMPO_OTLP_ENDPOINT": f"127.0.0.1:{p['tempo']}",
-                    "OTELCOL_SELF_METRICS_HOST": "127.0.0.1",
-                    "OTELCOL_SELF_METRICS_PORT": str(p["gw_self"]),
-                },
-                work / "gateway.log",
+                grpc=p["gw_grpc"],
+                http=p["gw_http"],
+                prom=p["gw_prom"],
+                tempo=p["tempo"],
+                self_metrics=p["gw_self"],
+                log=work / "gateway.log",
             )
         )
         wait_port(p["gw_grpc"], procs[-1], work / "gateway.log")

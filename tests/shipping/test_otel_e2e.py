@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, set_span_in_context
 
 from podwire.telemetry import names
-from tests.shipping.collectors import TempoStub, start_collector, wait_port
+from tests.shipping.collectors import TempoStub, start_collector, start_gateway, wait_port
 from tests.shipping.dashboard_queries import all_dashboard_queries
 from tests.shipping.prometheus_server import Prometheus, free_port, running
 from tests.shipping.promql_names import load_contract, substitute_grafana
@@ -81,18 +81,14 @@ def pipeline(
     try:
         gw_log = work / "gateway.log"
         procs.append(
-            start_collector(
+            start_gateway(
                 otelcol_bin,
-                OTEL / "gateway.yaml",
-                {
-                    "GATEWAY_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{p['gw_grpc']}",
-                    "GATEWAY_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{p['gw_http']}",
-                    "GATEWAY_PROMETHEUS_ENDPOINT": f"127.0.0.1:{p['gw_prom']}",
-                    "TEMPO_OTLP_ENDPOINT": f"127.0.0.1:{p['tempo']}",
-                    "OTELCOL_SELF_METRICS_HOST": "127.0.0.1",
-                    "OTELCOL_SELF_METRICS_PORT": str(p["gw_self"]),
-                },
-                gw_log,
+                grpc=p["gw_grpc"],
+                http=p["gw_http"],
+                prom=p["gw_prom"],
+                tempo=p["tempo"],
+                self_metrics=p["gw_self"],
+                log=gw_log,
             )
         )
         wait_port(p["gw_grpc"], procs[-1], gw_log)

@@ -18,7 +18,7 @@ from podwire.demo.inventory import write_inventory
 from tests.live.conftest import cluster_factory, two_node_cluster
 from tests.live.two_node import EXPECTED_EDGES, REFUSED, Agents, run_plan
 from tests.otlp_receiver import OtlpReceiver
-from tests.shipping.collectors import start_collector, wait_port
+from tests.shipping.collectors import start_gateway, wait_port
 from tests.shipping.prometheus_server import Prometheus, free_port, running
 
 pytestmark = [
@@ -27,7 +27,6 @@ pytestmark = [
 ]
 __all__ = ["cluster_factory", "two_node_cluster"]  # fixtures
 
-OTEL = Path(__file__).resolve().parents[2] / "otel"
 EDGE = "client_workload, server_workload, server_port"
 
 
@@ -56,18 +55,14 @@ def test_collector_path_and_direct_scrape_give_the_same_exact_answers(
     inventory = write_inventory(cluster, tmp_path / "inventory.yaml")
     ports = {k: free_port() for k in ("grpc", "http", "prom", "self")}
     tempo = OtlpReceiver().start()  # Tempo stand-in: the gateway forwards spans here
-    gateway = start_collector(
+    gateway = start_gateway(
         otelcol_bin,
-        OTEL / "gateway.yaml",
-        {
-            "GATEWAY_OTLP_GRPC_ENDPOINT": f"127.0.0.1:{ports['grpc']}",
-            "GATEWAY_OTLP_HTTP_ENDPOINT": f"127.0.0.1:{ports['http']}",
-            "GATEWAY_PROMETHEUS_ENDPOINT": f"127.0.0.1:{ports['prom']}",
-            "TEMPO_OTLP_ENDPOINT": f"127.0.0.1:{tempo.grpc_port}",
-            "OTELCOL_SELF_METRICS_HOST": "127.0.0.1",
-            "OTELCOL_SELF_METRICS_PORT": str(ports["self"]),
-        },
-        tmp_path / "gateway.log",
+        grpc=ports["grpc"],
+        http=ports["http"],
+        prom=ports["prom"],
+        tempo=tempo.grpc_port,
+        self_metrics=ports["self"],
+        log=tmp_path / "gateway.log",
     )
     try:
         wait_port(ports["grpc"], gateway, tmp_path / "gateway.log")
