@@ -236,6 +236,7 @@ class NodeCapture:
             kernel_drops=cap.kernel_drops,
             decode_errors=cap.decode_errors,
             interfaces=cap.interfaces,
+            interface_removals=cap.interface_removals,
             tracker_entries=trk.entries,
             tracker_evictions=sum(trk.evictions.values()),
             tracker_anomalies=dict(trk.anomalies),

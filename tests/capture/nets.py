@@ -63,6 +63,20 @@ class Pods:
         sh("ip", "-n", pod, "link", "set", "lo", "up")
         return i
 
+    def bridge_ip(self, i: int) -> str:
+        return f"10.199.0.{10 + i}"
+
+    def add_bridge(self) -> str:
+        """A bridge `<prefix>br` in the node netns with every host veth as a port (as the bridge CNI
+        does); each pod also gets bridge_ip(i)/24 on eth0, so pods reach each other through it."""
+        br = self.prefix + "br"
+        sh("ip", "-n", self.node, "link", "add", br, "type", "bridge")
+        sh("ip", "-n", self.node, "link", "set", br, "up")
+        for i, host in enumerate(self.host_ifs):
+            sh("ip", "-n", self.node, "link", "set", host, "master", br)
+            sh("ip", "-n", self.pods[i], "addr", "add", f"{self.bridge_ip(i)}/24", "dev", "eth0")
+        return br
+
     def remove_pod_link(self, i: int) -> None:
         sh("ip", "-n", self.node, "link", "del", self.host_ifs[i])
 

@@ -386,3 +386,87 @@ def test_stats_and_interfaces_are_safe_from_another_thread_while_links_come_and_
         t.join()
     assert errors == []
     assert capture.stats().interfaces_opened == 5
+
+
+# ---- link events that must not lose a pod ------------------------------------------------------
+
+
+def bridged_syn_seen(pods: Pods, capture: LiveCapture, port: int) -> set[int]:
+    """Connect pod 0 -> pod 1 over the bridge on `port`; return the capture points of the SYN."""
+    with netns.inside(pods.pods[1]):
+        server = socket.create_server((pods.bridge_ip(1), port))
+    try:
+        with netns.inside(pods.pods[0]):
+            client = socket.socket()
+        client.settimeout(10)
+        client.connect((pods.bridge_ip(1), port))
+        client.close()
+        server.accept()[0].close()
+    finally:
+        server.close()
+    segs, _ = drain(capture, 0.4)
+    return {s.point for s in segs if s.dport == port and s.flags == SYN}
+
+
+def test_bridge_port_changes_never_stop_capture(pods: Pods, capture: LiveCapture) -> None:
+    # Round 1 took the bridge's AF_BRIDGE RTM_NEWLINK (STP state, port cost: no veth details) for a
+    # removal and lost every bridged pod; here the pods must stay captured through all of them.
+    pods.add_pod()
+    h0, h1 = pods.host_ifs
+    want = {(h0, socket_ifindex(pods.node, h0)), (h1, socket_ifindex(pods.node, h1))}
+    br = pods.add_bridge()
+    node = ["ip", "-n", pods.node]
+
+    def still_captured(step: str) -> None:
+        drain(capture, 0.3)
+        assert {(c.name, c.ifindex) for c in capture.interfaces()} == want, step
+
+    still_captured("enslaved")
+    for step, argv in [
+        ("forward delay", [*node, "link", "set", br, "type", "bridge", "forward_delay", "200"]),
+        ("stp on", [*node, "link", "set", br, "type", "bridge", "stp_state", "1"]),
+        ("cost", ["bridge", "-n", pods.node, "link", "set", "dev", h0, "cost", "7"]),
+        ("priority", ["bridge", "-n", pods.node, "link", "set", "dev", h1, "priority", "5"]),
+        ("mtu", [*node, "link", "set", h0, "mtu", "1400"]),
+        ("down", [*node, "link", "set", h1, "down"]),
+        ("up", [*node, "link", "set", h1, "up"]),
+    ]:
+        subprocess.run(argv, check=True)
+        still_captured(step)
+    # The pod end of h1 moves to another pod namespace: h1's peer is still elsewhere, a candidate.
+    moved = pods.prefix + "mv"
+    subprocess.run(["ip", "netns", "add", moved], check=True)
+    pods.pods.append(moved)  # torn down with the rest
+    subprocess.run(["ip", "-n", pods.pods[1], "link", "set", "eth0", "netns", moved], check=True)
+    still_captured("peer moved")
+    subprocess.run(["ip", "-n", moved, "link", "set", "eth0", "netns", pods.pods[1]], check=True)
+    subprocess.run(["ip", "-n", pods.pods[1], "addr", "add", f"{pods.bridge_ip(1)}/24", "dev", "eth0"])
+    subprocess.run(["ip", "-n", pods.pods[1], "link", "set", "eth0", "up"], check=True)
+    still_captured("peer back")
+
+    # STP moves h1 (up again) through listening and learning to forwarding, 2 x forward_delay;
+    # then a connection is seen on both bridge ports.
+    def forwarding() -> bool:
+        out = subprocess.run(["bridge", "-n", pods.node, "link"], check=True, capture_output=True, text=True)
+        return out.stdout.count("state forwarding") == 2
+
+    wait_for(capture, forwarding, 10.0)
+    still_captured("forwarding")
+    assert bridged_syn_seen(pods, capture, 7101) == {i for _, i in want}
+    stats = capture.stats()
+    assert stats.interfaces_closed == 0 and stats.interface_removals == {}
+
+
+def test_interface_moved_out_and_back_is_captured_again_within_a_second(
+    pods: Pods, capture: LiveCapture
+) -> None:
+    h0 = pods.host_ifs[0]
+    other = pods.prefix + "o"
+    subprocess.run(["ip", "netns", "add", other], check=True)
+    pods.pods.append(other)
+    subprocess.run(["ip", "-n", pods.node, "link", "set", h0, "netns", other], check=True)
+    wait_for(capture, lambda: not capture.interfaces(), 1.0)
+    assert capture.stats().interface_removals == {"deleted": 1}
+    subprocess.run(["ip", "-n", other, "link", "set", h0, "netns", pods.node], check=True)
+    took = wait_for(capture, lambda: [c.name for c in capture.interfaces()] == [h0], 1.0)
+    assert took < 1.0

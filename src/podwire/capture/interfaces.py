@@ -15,6 +15,14 @@ A candidate is a veth whose peer lives in another network namespace (IFLA_LINK_N
 present) when `veth_only`, filtered by the include/exclude name patterns.  A veth is often
 created with both ends in one namespace and its peer moved afterwards, so every RTM_NEWLINK is
 judged again: the interface becomes a candidate when the netnsid appears.
+
+Netlink is noisy, and a lost pod is lost data, so removal is strict.  Only these remove a
+candidate: RTM_DELLINK, or a *full* link message (family AF_UNSPEC, with IFLA_LINKINFO, as the
+kernel sends for every real link change) that shows it is no longer one (another kind, the peer
+back in this namespace, a name now excluded).  Bridge-family (AF_BRIDGE) messages -- STP state,
+`bridge link set ... cost` -- and partial messages describe the same ifindex without veth
+details; they never remove (round 1 took them for removals and lost every bridged pod).  Every
+removal is logged with its reason and counted in `removals`.
 """
 
 from __future__ import annotations
@@ -31,6 +39,14 @@ _log = log.get("podwire.capture.interfaces")
 
 RTMGRP_LINK = 0x1
 ARPHRD_ETHER = 1
+AF_UNSPEC = 0
+
+# Why a candidate stopped being one (the `reason` of the removal counter).
+REMOVED_DELETED = "deleted"  # RTM_DELLINK (deleted, or moved to another namespace)
+REMOVED_NOT_VETH = "not_veth"  # a full message of another link kind
+REMOVED_PEER_LOCAL = "peer_local"  # a full veth message without a peer namespace
+REMOVED_EXCLUDED = "name_excluded"  # renamed to a name the patterns exclude
+REMOVED_RELIST = "relist"  # missing from the link list read again after a netlink overflow
 _RCVBUF = 1 << 20  # room for a burst of link events (many pods created at once)
 
 
@@ -62,9 +78,27 @@ class LinkFilter:
         return cls(re.compile(include), re.compile(exclude), veth_only)
 
     def accepts(self, link: Link) -> bool:
-        if self.veth_only and (link.kind != "veth" or link.peer_netnsid is None):
-            return False
-        return bool(self.include.search(link.name)) and not self.exclude.search(link.name)
+        return self.rejection(link) is None
+
+    def rejection(self, link: Link) -> str | None:
+        """Why `link` is no candidate (a REMOVED_* reason), or None if it is one."""
+        if self.veth_only:
+            if link.kind != "veth":
+                return REMOVED_NOT_VETH
+            if link.peer_netnsid is None:
+                return REMOVED_PEER_LOCAL
+        if self.include.search(link.name) and not self.exclude.search(link.name):
+            return None
+        return REMOVED_EXCLUDED
+
+
+def is_full(msg: Any) -> bool:
+    """A complete link description (AF_UNSPEC with IFLA_LINKINFO): enough to prove a removal."""
+    return (
+        msg.get("family", AF_UNSPEC) == AF_UNSPEC
+        and msg.get("IFLA_LINKINFO") is not None
+        and bool(msg.get("ifname"))
+    )
 
 
 def link_from_message(msg: Any) -> Link | None:
@@ -108,6 +142,7 @@ class InterfaceWatch:
         self._current: dict[int, Link] = {}  # candidates we reported as added
         self.events_seen = 0
         self.resyncs = 0
+        self.removals: dict[str, int] = {}  # reason -> candidates removed for it
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -119,10 +154,18 @@ class InterfaceWatch:
             link = link_from_message(msg)
             if link is not None and self._filter.accepts(link):
                 seen[link.ifindex] = link
-        changes = [LinkChange(link, False) for idx, link in self._current.items() if idx not in seen]
+        changes: list[LinkChange] = []
+        for idx, link in self._current.items():
+            if idx not in seen:
+                self._removed(link, REMOVED_RELIST, changes)
         changes += [LinkChange(link, True) for idx, link in seen.items() if self._current.get(idx) != link]
         self._current = seen
         return changes
+
+    def _removed(self, link: Link, reason: str, changes: list[LinkChange]) -> None:
+        self.removals[reason] = self.removals.get(reason, 0) + 1
+        _log.info("interface removed", interface=link.name, ifindex=link.ifindex, reason=reason)
+        changes.append(LinkChange(link, False))
 
     def events(self) -> list[LinkChange]:
         """Read every pending netlink datagram (call when the fd is readable)."""
@@ -156,16 +199,26 @@ class InterfaceWatch:
         if event not in ("RTM_NEWLINK", "RTM_DELLINK"):
             return
         self.events_seen += 1
+        if msg.get("family", AF_UNSPEC) != AF_UNSPEC:
+            return  # AF_BRIDGE port state and the like: the same ifindex, no veth details
         index = int(msg["index"])
         old = self._current.get(index)
-        link = link_from_message(msg) if event == "RTM_NEWLINK" else None
-        if link is not None and self._filter.accepts(link):
-            if old != link:  # new, or renamed (CNIs rename after creating): same ifindex, same ring
+        if event == "RTM_DELLINK":
+            if old is not None:
+                del self._current[index]
+                self._removed(old, REMOVED_DELETED, changes)
+            return
+        link = link_from_message(msg)
+        if link is None:
+            return
+        reason = self._filter.rejection(link)
+        if reason is None:
+            if old != link:  # new, or renamed (CNIs rename after creating): same ifindex
                 changes.append(LinkChange(link, True))
                 self._current[index] = link
-        elif old is not None:
-            changes.append(LinkChange(old, False))
+        elif old is not None and is_full(msg):  # only a complete description proves a removal
             del self._current[index]
+            self._removed(old, reason, changes)
 
     def close(self) -> None:
         self._sock.close()

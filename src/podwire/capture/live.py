@@ -64,6 +64,7 @@ class CaptureStats:
     interfaces_closed: int
     open_failures: int
     netlink_events: int
+    interface_removals: dict[str, int]  # reason -> candidates removed (capture/interfaces.py REMOVED_*)
 
 
 class LiveCapture:
@@ -172,6 +173,7 @@ class LiveCapture:
             interfaces_closed=self._removed,
             open_failures=self._open_failures,
             netlink_events=self._watch.events_seen,
+            interface_removals=dict(self._watch.removals),
         )
 
     @property

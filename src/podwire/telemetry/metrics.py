@@ -249,6 +249,7 @@ class AgentSnapshot:
     kernel_drops: int = 0
     decode_errors: int = 0
     interfaces: int = 0
+    interface_removals: Mapping[str, int] = field(default_factory=dict)  # reason -> count
     tracker_entries: int = 0
     tracker_evictions: int = 0
     tracker_anomalies: Mapping[str, int] = field(default_factory=dict)  # kind -> count
@@ -304,6 +305,12 @@ class SelfMetrics:
             n.AGENT_DECODE_ERRORS, n.UNIT_ERRORS, "Frames that did not decode", one(lambda s: s.decode_errors)
         )
         gauge(n.AGENT_INTERFACES, n.UNIT_INTERFACES, "Interfaces captured", one(lambda s: s.interfaces))
+        counter(
+            n.AGENT_INTERFACE_REMOVALS,
+            n.UNIT_INTERFACES,
+            "Interfaces no longer captured, by reason",
+            self._removals,
+        )
         gauge(
             n.AGENT_TRACKER_ENTRIES,
             n.UNIT_ENTRIES,
@@ -348,6 +355,13 @@ class SelfMetrics:
             for kind, count in source().tracker_anomalies.items():
                 total[kind] = total.get(kind, 0) + count
         return [Observation(v, {n.KIND: k}) for k, v in sorted(total.items())]
+
+    def _removals(self) -> list[Observation]:
+        total: dict[str, int] = {}
+        for source in self._sources:
+            for reason, count in source().interface_removals.items():
+                total[reason] = total.get(reason, 0) + count
+        return [Observation(v, {n.REASON: k}) for k, v in sorted(total.items())]
 
     def _failures(self) -> list[Observation]:
         return [Observation(v, {n.SIGNAL: k}) for k, v in sorted(self._export.failures.items())]

@@ -35,6 +35,8 @@ AGENT_PACKETS: Final = "podwire.agent.packets"  # podwire_agent_packets_total
 AGENT_KERNEL_DROPS: Final = "podwire.agent.kernel.drops"  # podwire_agent_kernel_drops_total
 AGENT_DECODE_ERRORS: Final = "podwire.agent.decode.errors"  # podwire_agent_decode_errors_total
 AGENT_INTERFACES: Final = "podwire.agent.interfaces"  # podwire_agent_interfaces
+# podwire_agent_interface_removals_total{reason}: pod interfaces no longer captured, and why
+AGENT_INTERFACE_REMOVALS: Final = "podwire.agent.interface.removals"
 AGENT_TRACKER_ENTRIES: Final = "podwire.agent.tracker.entries"  # podwire_agent_tracker_entries
 AGENT_TRACKER_EVICTIONS: Final = "podwire.agent.tracker.evictions"  # podwire_agent_tracker_evictions_total
 # podwire_agent_tracker_anomalies_total{kind}
@@ -59,7 +61,7 @@ SERVER_POD: Final = "server.pod"  # off by default (cardinality)
 SERVER_PORT: Final = "server.port"
 OUTCOME: Final = "outcome"  # closed | reset | refused | timeout
 DIRECTION: Final = "direction"  # client_to_server | server_to_client
-REASON: Final = "reason"  # refused | timeout
+REASON: Final = "reason"  # refused | timeout (failures); deleted | not_veth | ... (interface removals)
 SENDER: Final = "sender"  # client | server | both
 CLIENT_TO_SERVER: Final = "client_to_server"
 SERVER_TO_CLIENT: Final = "server_to_client"
