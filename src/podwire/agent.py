@@ -282,8 +282,8 @@ class Agent:
         extra_sinks: Sequence[Sink] = (),
     ) -> None:
         from podwire.identity import build_service
-        from podwire.telemetry.export import Telemetry, metrics_route
-        from podwire.views.http import HttpServer, health_routes
+        from podwire.telemetry.export import METRICS_CONTENT_TYPE, Telemetry
+        from podwire.views.http import HttpServer, health_routes, metrics_route
 
         self.settings = settings
         self.identity = build_service(settings)
@@ -299,7 +299,7 @@ class Agent:
         self.telemetry.add_source(self._identity_snapshot)
         self.http = HttpServer(*settings.listen)
         health_routes(self.http, self.ready)
-        metrics_route(self.http, self.telemetry)
+        metrics_route(self.http, self.telemetry.metrics_text, METRICS_CONTENT_TYPE)
 
     def _identity_snapshot(self) -> AgentSnapshot:
         return AgentSnapshot(identity_misses=self.identity.stats().index.lookups_missed)

@@ -17,9 +17,9 @@ import pytest
 from podwire.config import Settings
 from podwire.model import CloseInitiator, Outcome
 from podwire.telemetry import names as n
-from podwire.telemetry.export import ExportConfigError, OtlpConfig, Telemetry, metrics_route
+from podwire.telemetry.export import METRICS_CONTENT_TYPE, ExportConfigError, OtlpConfig, Telemetry
 from podwire.telemetry.metrics import AgentSnapshot
-from podwire.views.http import HttpServer
+from podwire.views.http import HttpServer, metrics_route
 from tests.otlp_receiver import OtlpReceiver
 from tests.telemetry.factory import named, opened_for, pod, record
 
@@ -263,7 +263,7 @@ def _value(base: str, promql: str) -> float | None:
 def test_prometheus_scrapes_metrics_and_promql_returns_the_exact_values(prometheus_for) -> None:  # type: ignore[no-untyped-def]
     t = Telemetry(Settings(otlp="off", node_name="node-a"), {})
     http = HttpServer("127.0.0.1", 0)
-    metrics_route(http, t)
+    metrics_route(http, t.metrics_text, METRICS_CONTENT_TYPE)
     http.start()
     try:
         web, db = pod("web"), pod("db", kind="StatefulSet")

@@ -86,6 +86,9 @@ from podwire.telemetry.spans import SpanSink
 
 _log = log.get("podwire.telemetry")
 
+# What /metrics answers with; the listener (views.http) serves `Telemetry.metrics_text()` as this.
+METRICS_CONTENT_TYPE: str = CONTENT_TYPE_LATEST
+
 GRPC = "grpc"
 HTTP = "http/protobuf"
 DEFAULT_TIMEOUT_S = 5.0
@@ -366,7 +369,7 @@ class Telemetry:
     """Everything telemetry for one agent: sinks for the pipeline, /metrics, OTLP, shutdown.
 
     `sinks` go into agent.Pipeline; `self_metrics.add_source(fn)` registers a snapshot callback;
-    `metrics_route(server, telemetry)` serves /metrics; `shutdown(deadline_s)` returns in time.
+    `metrics_text()` renders /metrics (served by views.http); `shutdown(deadline_s)` returns in time.
     """
 
     def __init__(self, settings: Settings, env: Mapping[str, str] | None = None) -> None:
@@ -528,22 +531,12 @@ def _sdk_version() -> str:
     return str(__version__)
 
 
-def metrics_route(server: Any, telemetry: Telemetry, path: str = "/metrics") -> None:
-    """Serve the Prometheus text on the agent's one HTTP listener (podwire.views.http.HttpServer)."""
-    from podwire.views.http import Response
-
-    def handler(_query: Mapping[str, Sequence[str]]) -> Response:
-        return Response(200, telemetry.metrics_text(), CONTENT_TYPE_LATEST)
-
-    server.route(path, handler)
-
-
 # Re-exported for the agent: what a snapshot callback returns.
 __all__ = [
+    "METRICS_CONTENT_TYPE",
     "AgentSnapshot",
     "BoundedSpanProcessor",
     "ExportConfigError",
     "OtlpConfig",
     "Telemetry",
-    "metrics_route",
 ]

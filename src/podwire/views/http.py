@@ -116,6 +116,13 @@ class HttpServer:
         self._server = None
 
 
+def metrics_route(
+    server: HttpServer, render: Callable[[], bytes], content_type: str, path: str = "/metrics"
+) -> None:
+    """Serve what telemetry renders (`Telemetry.metrics_text`) on the one listener."""
+    server.route(path, lambda _q: Response(200, render(), content_type))
+
+
 def health_routes(server: HttpServer, ready: Callable[[], bool]) -> None:
     """/healthz is the process being alive; /readyz waits for capture and identity to be ready."""
     server.route("/healthz", lambda _q: text("ok\n"))
