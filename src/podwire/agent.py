@@ -283,7 +283,7 @@ class Agent:
     ) -> None:
         from podwire.identity import build_service
         from podwire.telemetry.export import METRICS_CONTENT_TYPE, Telemetry
-        from podwire.views.http import HttpServer, health_routes, metrics_route
+        from podwire.views.http import HttpLimits, HttpServer, health_routes, metrics_route
 
         self.settings = settings
         self.identity = build_service(settings)
@@ -297,7 +297,7 @@ class Agent:
         for node in self.captures:
             self.telemetry.add_source(node.snapshot)
         self.telemetry.add_source(self._identity_snapshot)
-        self.http = HttpServer(*settings.listen)
+        self.http = HttpServer(*settings.listen, HttpLimits.from_settings(settings))
         health_routes(self.http, self.ready)
         metrics_route(self.http, self.telemetry.metrics_text, METRICS_CONTENT_TYPE)
 
@@ -312,6 +312,10 @@ class Agent:
         return all(c.running for c in self.captures) and bool(self.identity.ready)
 
     def start(self) -> None:
+        from podwire.views.http import raise_nofile_limit
+
+        soft, hard = raise_nofile_limit()
+        _log.info("open_files_limit", soft=soft, hard=hard)
         self.identity.start()
         self.http.start()
         settle_heap()

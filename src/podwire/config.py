@@ -73,6 +73,26 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(f"must be an integer from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _float_in(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = float(text)
+        if not low <= value <= high:  # also rejects nan
+            raise ValueError(f"must be a number from {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
 def _bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -103,6 +123,12 @@ def _text(text: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Settings:
     listen: tuple[str, int] = ("127.0.0.1", 9477)
+    # the listener's bounds (views/http.py)
+    http_max_connections: int = 256
+    http_request_timeout_s: float = 10.0
+    http_idle_timeout_s: float = 30.0
+    http_backlog: int = 128
+    http_workers: int = 4
     log_format: str = "json"
     log_level: str = "info"
     # capture
@@ -147,6 +173,11 @@ class Settings:
 # field -> parser; the env name is PODWIRE_<FIELD upper>.
 _FIELDS: dict[str, Callable[[str], Any]] = {
     "listen": parse_listen,
+    "http_max_connections": _int_in(1, 4096),
+    "http_request_timeout_s": _float_in(0.1, 300.0),
+    "http_idle_timeout_s": _float_in(0.1, 3600.0),
+    "http_backlog": _int_in(1, 4096),
+    "http_workers": _int_in(1, 64),
     "log_format": _choice("json", "console"),
     "log_level": _choice("debug", "info", "warning", "error"),
     "netns": _text,
