@@ -104,9 +104,35 @@ class ConnectionRecord:
     client_isn: int | None
     server_isn: int | None
     observed_side: Side | None
+    # from socket stats (None when never sampled, and always in pcap replay); retransmits counts
+    # from when counting began: the SYN, or the agent's start for a connection older than it
+    rtt_s: float | None = None  # smoothed RTT at the last sample
+    min_rtt_s: float | None = None
+    retransmits: int | None = None
 
 
-ConnectionEvent = ConnectionOpened | ConnectionRecord
+@dataclass(frozen=True, slots=True)
+class ConnectionProgress:
+    """An open connection's counters at a socket-stats sample (cumulative, since counting began:
+    the SYN, or the first sample of a connection older than the agent).  The sinks count what
+    they have not counted yet; the connection's record still carries the exact totals."""
+
+    point: int
+    client: Endpoint
+    server: Endpoint
+    start_time: float | None  # None: open before the agent started
+    client_isn: int | None
+    server_isn: int | None
+    observed_side: Side | None
+    ts: float  # when the sample was taken
+    bytes_client_to_server: int
+    bytes_server_to_client: int
+    rtt_s: float  # smoothed RTT
+    min_rtt_s: float
+    retransmits: int  # segments retransmitted
+
+
+ConnectionEvent = ConnectionOpened | ConnectionRecord | ConnectionProgress
 
 
 class IdentityKind(enum.StrEnum):
@@ -144,6 +170,30 @@ class NamedConnection:
     server: Identity
 
 
+class SocketSample(NamedTuple):
+    """One TCP socket in a pod's namespace, read with sock_diag (sockstats -> tracker)."""
+
+    point: int  # the pod's host-side veth ifindex: the capture point the tracker keys it by
+    local: bytes  # packed address of the pod's end
+    remote: bytes
+    lport: int
+    rport: int
+    local_listens: bool  # a listening socket holds lport: the pod's end is the server
+    established: bool  # no FIN yet: the byte counters hold payload only (+1 for the client's SYN)
+    bytes_acked: int  # tcpi_bytes_acked: sent and acknowledged
+    bytes_received: int  # tcpi_bytes_received
+    rtt_us: int  # tcpi_rtt (smoothed)
+    min_rtt_us: int  # tcpi_min_rtt
+    total_retrans: int  # tcpi_total_retrans: segments retransmitted
+
+
+class StatsRound(NamedTuple):
+    """One sampling round of one node: every pod socket seen at `ts`."""
+
+    ts: float
+    samples: list[SocketSample]
+
+
 class Resolver(Protocol):
     """IP address -> who held it at a given time (identity room)."""
 
@@ -156,6 +206,13 @@ class Sink(Protocol):
     def on_opened(self, event: ConnectionOpened, client: Identity, server: Identity) -> None: ...
 
     def on_connection(self, conn: NamedConnection) -> None: ...
+
+
+class ProgressSink(Protocol):
+    """A sink that also wants open connections' progress (an optional method: sinks without it
+    are not called)."""
+
+    def on_progress(self, event: ConnectionProgress, client: Identity, server: Identity) -> None: ...
 
 
 class DnsAnswer(NamedTuple):

@@ -6,7 +6,19 @@ import socket
 
 import pytest
 
-from podwire.model import ACK, FIN, RST, SYN, ConnectionOpened, ConnectionRecord, Outcome, Segment
+from podwire.model import (
+    ACK,
+    FIN,
+    RST,
+    SYN,
+    ConnectionEvent,
+    ConnectionOpened,
+    ConnectionProgress,
+    ConnectionRecord,
+    Outcome,
+    Segment,
+    SocketSample,
+)
 from podwire.tracker import transitions
 from podwire.tracker.tracker import Tracker
 from podwire.tracker.transitions import ACTIONS, RULES, TABLE, Event, Rule, State, rule_for
@@ -54,6 +66,18 @@ TRIGGER: dict[Event, Segment] = {
     Event.RST_C: c(3.0, CISN + 1 + UP, SISN + 1, RST | ACK),
     Event.RST_S: s(3.0, SISN + 1 + DOWN, CISN + 1, RST | ACK),
 }
+# SAMPLE: the client's socket, in its pod's namespace (no listener on its port: it is the client);
+# bytes_acked counts the SYN.
+SAMPLE = SocketSample(0, A, B, CPORT, SPORT, False, True, UP + 1, DOWN, 250, 200, 0)
+
+
+def trigger(tracker: Tracker, event: Event) -> tuple[ConnectionEvent, ...]:
+    if event is Event.SAMPLE:
+        # a connection seen only by socket stats needs two rounds (see new_from_sample)
+        tracker.feed_stats(2.5, [SAMPLE])
+        return tuple(tracker.feed_stats(3.0, [SAMPLE]))
+    return tracker.feed(TRIGGER[event])
+
 
 # NEW has no entry to be "other" than, so these two are never produced; the table maps them
 # to the same action as their produced twins.
@@ -94,13 +118,18 @@ def test_rule(state: State, event: Event) -> None:
     assert tracker.state_of(0, A, CPORT, B, SPORT) == state
     before = dict(tracker.stats.anomalies)
 
-    events = tracker.feed(TRIGGER[event])
+    events = trigger(tracker, event)
 
     # next state
     assert tracker.state_of(0, A, CPORT, B, SPORT) == rule.next_state
     # emitted events
     if rule.action in ("open", "new_from_synack"):
         assert len(events) == 1 and isinstance(events[0], ConnectionOpened)
+    elif rule.action in ("progress", "new_from_sample"):
+        assert len(events) == 1 and isinstance(events[0], ConnectionProgress)
+        assert (events[0].bytes_client_to_server, events[0].bytes_server_to_client) == (
+            (0, 0) if rule.action == "new_from_sample" else (UP, DOWN)  # older than the agent: from now
+        )
     elif rule.outcome is not None:
         assert len(events) == 1 and isinstance(events[0], ConnectionRecord)
         assert events[0].outcome == rule.outcome
@@ -168,4 +197,4 @@ def test_dup_synack_guard_new_server_isn_counts() -> None:
 
 def test_state_names_are_the_documented_ones() -> None:
     assert [st.name for st in State] == ["NEW", "HALF_OPEN", "ESTABLISHED", "CLOSING_C", "CLOSING_S"]
-    assert transitions.N_EVENTS == len(Event) == 8
+    assert transitions.N_EVENTS == len(Event) == 9

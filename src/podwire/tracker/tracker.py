@@ -3,6 +3,7 @@
     tracker = Tracker(TrackerLimits.from_settings(settings))
     events = tracker.feed(segment)     # per SYN / FIN / RST segment
     events = tracker.feed_many(batch)  # the same for a batch (a ring block): one call, events in order
+    events = tracker.feed_stats(ts, samples)  # a socket-stats round -> ConnectionProgress events
     events = tracker.expire(now)       # timers; call about once a second
     events = tracker.flush(now)        # end of capture: everything left
     tracker.stats                      # TrackerStats snapshot
@@ -61,6 +62,19 @@ Semantics (the contract other rooms rely on):
   capture point sits at the CLIENT when the client's SYN came from the local workload.
 * Several capture points never share entries: the point is part of the key.
 * Hostile input never raises: odd segments are counted in stats.anomalies by kind.
+* Socket stats (`feed_stats`): a sample matches the live entry at its point by 4-tuple, either
+  way round; which way tells the sampled end's role.  The kernel's 64-bit counters give the
+  payload so far (bytes_acked counts the client's SYN: minus 1 on the client's end; counters of
+  a socket past a FIN also count the FIN, so only ESTABLISHED samples update bytes), the smoothed
+  and minimum RTT and the retransmitted segments.  Each matched sample emits a
+  `ConnectionProgress` with totals since counting began (the SYN; or, for a connection older
+  than the agent, its first sample: so an agent restart never counts bytes twice).  At the end
+  the record's 32-bit sequence count is unwrapped against the last sample, so byte counts are
+  exact at any size while less than 2 GiB flows one way between the last sample and the close.
+  A connection seen only by socket stats (open before the agent started) is entered as
+  ESTABLISHED, started_before_capture, with its role from a listening socket on its port
+  (client_guessed False); its bytes count from its first sample.  A sample of an established
+  entry restarts its idle timer.
 
 Hot-path notes: `feed` returns the shared empty tuple when nothing is emitted; phases are
 OrderedDicts (insertion order = time order, O(1) pops from the front, where a plain dict's
@@ -86,11 +100,13 @@ from podwire.model import (
     CloseInitiator,
     ConnectionEvent,
     ConnectionOpened,
+    ConnectionProgress,
     ConnectionRecord,
     Endpoint,
     Outcome,
     Segment,
     Side,
+    SocketSample,
 )
 from podwire.tracker.transitions import N_EVENTS, RULES, Event, Rule, State
 
@@ -117,6 +133,7 @@ _EV_SYN, _EV_SYN_OTHER = int(Event.SYN), int(Event.SYN_OTHER)
 _EV_SYNACK, _EV_SYNACK_C = int(Event.SYNACK), int(Event.SYNACK_C)
 _EV_FIN_C, _EV_FIN_S = int(Event.FIN_C), int(Event.FIN_S)
 _EV_RST_C, _EV_RST_S = int(Event.RST_C), int(Event.RST_S)
+_EV_SAMPLE = int(Event.SAMPLE)
 
 _CLIENT, _SERVER, _BOTH = CloseInitiator.CLIENT, CloseInitiator.SERVER, CloseInitiator.BOTH
 _CLOSED, _RESET, _REFUSED = Outcome.CLOSED, Outcome.RESET, Outcome.REFUSED
@@ -182,7 +199,7 @@ _RECORD_FIELDS = (
     "point", "client", "server", "network_type", "start_time", "end_time", "duration_s",
     "outcome", "close_initiator", "bytes_client_to_server", "bytes_server_to_client",
     "handshake_rtt_s", "started_before_capture", "client_guessed", "client_isn", "server_isn",
-    "observed_side",
+    "observed_side", "rtt_s", "min_rtt_s", "retransmits",
 )  # fmt: skip
 _OPENED_FIELDS = (
     "point", "client", "server", "start_time", "handshake_rtt_s", "client_isn", "server_isn",
@@ -213,7 +230,8 @@ def _record_maker() -> Callable[..., ConnectionRecord]:
         close_initiator: CloseInitiator | None, bytes_client_to_server: int | None,
         bytes_server_to_client: int | None, handshake_rtt_s: float | None,
         started_before_capture: bool, client_guessed: bool, client_isn: int | None,
-        server_isn: int | None, observed_side: Side | None,
+        server_isn: int | None, observed_side: Side | None, rtt_s: float | None = None,
+        min_rtt_s: float | None = None, retransmits: int | None = None,
     ) -> ConnectionRecord:  # fmt: skip
         o: Any = new(twin)
         o.point = point
@@ -233,6 +251,9 @@ def _record_maker() -> Callable[..., ConnectionRecord]:
         o.client_isn = client_isn
         o.server_isn = server_isn
         o.observed_side = observed_side
+        o.rtt_s = rtt_s
+        o.min_rtt_s = min_rtt_s
+        o.retransmits = retransmits
         o.__class__ = cls
         return o  # type: ignore[no-any-return]
 
@@ -301,7 +322,28 @@ _make_opened: Callable[..., ConnectionOpened] = _checked(
 _make_record: Callable[..., ConnectionRecord] = _checked(
     _record_maker(),
     ConnectionRecord,
-    (0, _EP, _EP, "ipv4", 1.0, 2.0, 1.0, Outcome.CLOSED, None, 1, 2, 0.5, False, False, 1, 2, None),
+    (
+        0,
+        _EP,
+        _EP,
+        "ipv4",
+        1.0,
+        2.0,
+        1.0,
+        Outcome.CLOSED,
+        None,
+        1,
+        2,
+        0.5,
+        False,
+        False,
+        1,
+        2,
+        None,
+        0.1,
+        0.05,
+        3,
+    ),
 )
 # The same trick for other frozen value types on the hot path (the agent's NamedConnection).
 twin_class = _twin
@@ -347,6 +389,7 @@ class _Entry:
         "client",  # Endpoint, built once
         "first",  # CloseInitiator of the first FIN-or-RST sender
         "key",
+        "live",  # _Live once socket stats sampled the connection, else None
         "midstream",  # no SYN/SYN-ACK seen: started before capture, roles guessed from ports
         "rtt",
         "s_ack",
@@ -385,6 +428,48 @@ class _Entry:
         self.client: Endpoint | None = None
         self.server: Endpoint | None = None
         self.syn_len = 0
+        self.live: _Live | None = None
+
+
+class _Live:
+    """What socket stats told about one connection: payload totals each way (64-bit, from the
+    connection's start) at the last ESTABLISHED sample, and the values counting began from."""
+
+    __slots__ = (
+        "base_c2s",
+        "base_retrans",
+        "base_s2c",
+        "c2s",
+        "min_rtt",
+        "retrans",
+        "role_known",  # the role came from a listening socket (entries made from samples)
+        "rtt",
+        "s2c",
+    )
+
+    def __init__(self, c2s: int, s2c: int, retrans: int, role_known: bool) -> None:
+        self.c2s = self.base_c2s = c2s
+        self.s2c = self.base_s2c = s2c
+        self.retrans = self.base_retrans = retrans
+        self.rtt = 0.0
+        self.min_rtt = 0.0
+        self.role_known = role_known
+
+
+def _payload(smp: SocketSample, local_is_client: bool) -> tuple[int, int]:
+    """(client->server, server->client) payload from one ESTABLISHED socket's counters."""
+    if local_is_client:
+        return max(smp.bytes_acked - 1, 0), smp.bytes_received  # the SYN is acked too
+    return smp.bytes_received, smp.bytes_acked
+
+
+def _unwrap(count: int | None, sampled: int) -> int:
+    """A 32-bit sequence count (None: unknown) against the exact 64-bit total at the last sample:
+    the smallest total at or after the sample that agrees with it modulo 2**32."""
+    if count is None:
+        return sampled
+    ahead = (count - sampled) & _MASK
+    return sampled if ahead >= _HALF else sampled + ahead  # behind: a stale ack, keep the sample
 
 
 def _side(from_local: bool | None, sender_is_client: bool) -> Side | None:
@@ -436,6 +521,17 @@ class Tracker:
             tuple[Callable[[_Entry | None, Segment, bool, Rule], Events], Rule, str | None], ...
         ]
         self._steps = tuple((getattr(self, "_do_" + rule.action), rule, rule.anomaly) for rule in RULES)
+        # socket stats: the SAMPLE column of the table, per state
+        self._sample_steps: tuple[
+            tuple[Callable[[_Entry | None, SocketSample, bool, Rule], Events], Rule], ...
+        ]
+        self._sample_steps = tuple(
+            (getattr(self, "_do_" + (rule := RULES[st * N_EVENTS + _EV_SAMPLE]).action), rule) for st in State
+        )
+        self._sample_ts = 0.0
+        # sockets with no entry seen in the last round (key -> that sample): bounded by a round's size
+        self._unmatched: dict[Key, SocketSample] = {}
+        self._unmatched_next: dict[Key, SocketSample] = {}
 
     # --- public API ----------------------------------------------------------------------
 
@@ -498,6 +594,31 @@ class Tracker:
                 out.extend(events)
         return out
 
+    def feed_stats(self, ts: float, samples: Iterable[SocketSample]) -> list[ConnectionEvent]:
+        """One socket-stats round (taken at `ts`): a `ConnectionProgress` per matched connection."""
+        out: list[ConnectionEvent] = []
+        entries = self._entries
+        steps = self._sample_steps
+        self._sample_ts = ts
+        self._unmatched_next = {}
+        for smp in samples:
+            key: Key = smp[:5]  # (point, local, remote, lport, rport): local end as the client
+            entry = entries.get(key)
+            local_is_client = True
+            if entry is None or not entry.state:
+                point, local, remote, lport, rport = key
+                found = entries.get((point, remote, local, rport, lport))
+                if found is not None and (found.state or entry is None):
+                    entry = found
+                    local_is_client = False
+            handler, rule = steps[entry.state if entry is not None else _NEW]
+            events = handler(entry, smp, local_is_client, rule)
+            if events:
+                out.extend(events)
+        self._unmatched = self._unmatched_next
+        self._unmatched_next = {}
+        return out
+
     def expire(self, now: float) -> list[ConnectionEvent]:
         """Run the timers.  Costs O(expired): each phase is in time order."""
         out: list[ConnectionEvent] = []
@@ -543,6 +664,7 @@ class Tracker:
                 out.append(self._finish(entry, _OPEN, None, None, now))
         self._recent.clear()
         self._entries.clear()
+        self._unmatched.clear()
         self._endpoints.clear()
         self._texts.clear()
         return out
@@ -691,6 +813,14 @@ class Tracker:
                 if pos is None:
                     pos = entry.c_ack
             s2c = None if isn is None or pos is None else (pos - isn - 1) & _MASK
+        live = entry.live
+        rtt = min_rtt = None
+        retrans = None
+        if live is not None:
+            rtt, min_rtt, retrans = live.rtt, live.min_rtt, live.retrans - live.base_retrans
+            if outcome is not _REFUSED and outcome is not _TIMEOUT:
+                c2s = _unwrap(c2s, live.c2s) - live.base_c2s
+                s2c = _unwrap(s2c, live.s2c) - live.base_s2c
         start = entry.start
         key = entry.key
         return _make_record(
@@ -707,10 +837,13 @@ class Tracker:
             s2c,
             entry.rtt,
             entry.midstream,
-            entry.midstream,
+            entry.midstream and (live is None or not live.role_known),
             entry.cisn,
             entry.sisn,
             entry.side,
+            rtt,
+            min_rtt,
+            retrans,
         )
 
     def _finish(
@@ -741,8 +874,77 @@ class Tracker:
     # --- actions (named by the table) ------------------------------------------------------
     # `entry` is the live entry; in state NEW it is the finished entry on the tuple, or None.
 
-    def _do_ignore(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
+    def _do_ignore(self, entry: _Entry | None, seg: object, from_client: bool, rule: Rule) -> Events:
         return _NONE
+
+    def _do_new_from_sample(
+        self, entry: _Entry | None, smp: SocketSample, local_is_client: bool, rule: Rule
+    ) -> Events:
+        if entry is not None or not smp.established:
+            return _NONE  # a finished connection's socket lingering; or nothing to count
+        key: Key = smp[:5]
+        first = self._unmatched.get(key)
+        if first is None:  # first sight: its SYN may still be on its way; wait one round
+            self._unmatched_next[key] = smp
+            return _NONE
+        local_is_client = not smp.local_listens
+        if not local_is_client:
+            key = (smp.point, smp.remote, smp.local, smp.rport, smp.lport)
+        ts = self._sample_ts
+        new = _Entry(key, _ESTABLISHED, ts, None, None, Side.CLIENT if local_is_client else Side.SERVER)
+        new.start = None
+        new.midstream = True
+        c2s, s2c = _payload(first, local_is_client)
+        new.live = _Live(c2s, s2c, first.total_retrans, True)
+        self._admit(new, self._established)
+        return self._do_progress(new, smp, local_is_client, rule)
+
+    def _do_progress(
+        self, entry: _Entry | None, smp: SocketSample, local_is_client: bool, rule: Rule
+    ) -> Events:
+        assert entry is not None
+        live = entry.live
+        established = smp.established
+        if live is None:
+            # From the SYN: count from zero.  Seen mid-stream (by a FIN): count from this sample.
+            if entry.midstream:
+                if not established:
+                    return _NONE
+                c2s, s2c = _payload(smp, local_is_client)
+                live = entry.live = _Live(c2s, s2c, smp.total_retrans, False)
+            else:
+                live = entry.live = _Live(0, 0, 0, False)
+        if established:
+            c2s, s2c = _payload(smp, local_is_client)
+            if c2s > live.c2s:
+                live.c2s = c2s
+            if s2c > live.s2c:
+                live.s2c = s2c
+            if entry.state == _ESTABLISHED:  # alive: restart the idle timer
+                self._established.move_to_end(entry)
+                entry.since = self._sample_ts
+        live.rtt = smp.rtt_us / 1e6
+        live.min_rtt = smp.min_rtt_us / 1e6
+        if smp.total_retrans > live.retrans:
+            live.retrans = smp.total_retrans
+        client, server = self._endpoints_of(entry)
+        return (
+            ConnectionProgress(
+                entry.key[0],
+                client,
+                server,
+                entry.start,
+                entry.cisn,
+                entry.sisn,
+                entry.side,
+                self._sample_ts,
+                live.c2s - live.base_c2s,
+                live.s2c - live.base_s2c,
+                live.rtt,
+                live.min_rtt,
+                live.retrans - live.base_retrans,
+            ),
+        )
 
     def _do_new_half_open(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
         if entry is not None and not entry.state and entry.cisn == seg.seq and entry.key == seg[1:6]:

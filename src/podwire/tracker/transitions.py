@@ -24,6 +24,8 @@ Events are classified relative to the entry (client = SYN sender):
     SYNACK_C   SYN+ACK sent by the entry's client (nonsense: counted, ignored)
     FIN_C/FIN_S  FIN from the client / the server
     RST_C/RST_S  RST from the client / the server (RST wins over any other flag)
+    SAMPLE     a socket-stats sample of the connection (sock_diag in the pod's namespace, fed with
+               `feed_stats`, not a segment): the kernel's byte counters, RTT and retransmits
 
 Guards that the table cannot express live in the action and are documented there: `open`
 needs the SYN-ACK's ack to equal client ISN + 1, up to the SYN's payload for TCP Fast Open
@@ -32,6 +34,10 @@ needs the SYN-ACK's ack to equal client ISN + 1, up to the SYN's payload for TCP
 FIN/RST into "after_close", a same-ISN SYN into "late_syn" and a same-ISN SYN-ACK into
 "late_synack" (all ignored); `fin_again` counts "fin_seq_changed" when the FIN's end
 position moved; `dup_synack` counts "synack_new_isn" when the server ISN differs.
+`new_from_sample` (a connection older than the agent, seen only by socket stats) starts an entry
+only for an ESTABLISHED socket seen in two consecutive rounds (a young connection's SYN may still
+be on its way through the capture ring), and never on a tuple that holds a finished connection
+(its socket lingers in LAST_ACK/FIN_WAIT); the role comes from a listening socket on the port.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ class Event(enum.IntEnum):
     FIN_S = 5
     RST_C = 6
     RST_S = 7
+    SAMPLE = 8
 
 
 class Rule(NamedTuple):
@@ -90,6 +97,7 @@ TABLE: dict[tuple[State, Event], Rule] = {
     (S.NEW, E.FIN_S): Rule("new_midstream_fin", S.CLOSING_S),
     (S.NEW, E.RST_C): Rule("midstream_reset", S.NEW, outcome=Outcome.RESET),
     (S.NEW, E.RST_S): Rule("midstream_reset", S.NEW, outcome=Outcome.RESET),
+    (S.NEW, E.SAMPLE): Rule("new_from_sample", S.ESTABLISHED),  # open before the agent started
     # --- SYN sent, no answer yet ------------------------------------------------------------
     (S.HALF_OPEN, E.SYN): Rule("syn_retransmit", S.HALF_OPEN),
     (S.HALF_OPEN, E.SYN_OTHER): Rule("replace", S.HALF_OPEN, outcome=Outcome.TIMEOUT),
@@ -101,6 +109,8 @@ TABLE: dict[tuple[State, Event], Rule] = {
     # Linux clients do not RST in SYN_SENT except to reject a bogus SYN-ACK.
     (S.HALF_OPEN, E.RST_C): Rule("ignore", S.HALF_OPEN, anomaly="rst_from_client_half_open"),
     (S.HALF_OPEN, E.RST_S): Rule("refuse", S.NEW, outcome=Outcome.REFUSED),
+    # Established in the kernel, SYN-ACK not seen yet (still in the ring, or dropped): wait for it.
+    (S.HALF_OPEN, E.SAMPLE): Rule("ignore", S.HALF_OPEN),
     # --- handshake done -----------------------------------------------------------------
     # The SYN-ACK reached the capture point but was lost after it: the client retries its SYN.
     (S.ESTABLISHED, E.SYN): Rule("ignore", S.ESTABLISHED),
@@ -113,6 +123,7 @@ TABLE: dict[tuple[State, Event], Rule] = {
     (S.ESTABLISHED, E.FIN_S): Rule("fin_first", S.CLOSING_S),
     (S.ESTABLISHED, E.RST_C): Rule("reset", S.NEW, outcome=Outcome.RESET),
     (S.ESTABLISHED, E.RST_S): Rule("reset", S.NEW, outcome=Outcome.RESET),
+    (S.ESTABLISHED, E.SAMPLE): Rule("progress", S.ESTABLISHED),
     # --- client sent FIN ----------------------------------------------------------------
     (S.CLOSING_C, E.SYN): Rule("ignore", S.CLOSING_C, anomaly="syn_after_fin"),
     (S.CLOSING_C, E.SYN_OTHER): Rule("replace", S.HALF_OPEN, outcome=Outcome.CLOSED),
@@ -122,6 +133,7 @@ TABLE: dict[tuple[State, Event], Rule] = {
     (S.CLOSING_C, E.FIN_S): Rule("fin_second", S.NEW, outcome=Outcome.CLOSED),
     (S.CLOSING_C, E.RST_C): Rule("reset", S.NEW, outcome=Outcome.RESET),
     (S.CLOSING_C, E.RST_S): Rule("reset", S.NEW, outcome=Outcome.RESET),
+    (S.CLOSING_C, E.SAMPLE): Rule("progress", S.CLOSING_C),
     # --- server sent FIN ----------------------------------------------------------------
     (S.CLOSING_S, E.SYN): Rule("ignore", S.CLOSING_S, anomaly="syn_after_fin"),
     (S.CLOSING_S, E.SYN_OTHER): Rule("replace", S.HALF_OPEN, outcome=Outcome.CLOSED),
@@ -131,6 +143,7 @@ TABLE: dict[tuple[State, Event], Rule] = {
     (S.CLOSING_S, E.FIN_S): Rule("fin_again", S.CLOSING_S),
     (S.CLOSING_S, E.RST_C): Rule("reset", S.NEW, outcome=Outcome.RESET),
     (S.CLOSING_S, E.RST_S): Rule("reset", S.NEW, outcome=Outcome.RESET),
+    (S.CLOSING_S, E.SAMPLE): Rule("progress", S.CLOSING_S),
 }
 
 N_EVENTS = len(Event)
