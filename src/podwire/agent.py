@@ -12,6 +12,7 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, TextIO
@@ -22,22 +23,27 @@ from podwire.model import (
     Batch,
     ConnectionEvent,
     ConnectionOpened,
+    ConnectionProgress,
     DnsAnswer,
     Identity,
     NamedConnection,
     PacketSource,
+    ProgressSink,
     Resolver,
     Sink,
+    StatsRound,
 )
 from podwire.telemetry.metrics import AgentSnapshot
 from podwire.tracker.tracker import Tracker, TrackerLimits
 
 if TYPE_CHECKING:
     from podwire.identity.service import IdentityService
+    from podwire.sockstats.sampler import Sampler
 
 _log = log.get("podwire.agent")
 
 TICK_S = 1.0  # how often timers (SYN timeout, idle expiry) run
+STATS_QUEUE = 4  # socket-stats rounds waiting for a capture thread
 
 
 # Young-generation collections: once per this many new container objects (CPython's default is 700).
@@ -74,6 +80,10 @@ class Pipeline:
         # bound once: the dispatch loop runs per connection
         self._on_opened = tuple(sink.on_opened for sink in self._sinks)
         self._on_connection = tuple(sink.on_connection for sink in self._sinks)
+        # progress is optional for a sink: decided here, once
+        self._on_progress = tuple(
+            p for p in (getattr(sink, "on_progress", None) for sink in self._sinks) if p is not None
+        )
         self._learn_dns = learn_dns
 
     def feed(self, batch: Batch) -> None:
@@ -81,6 +91,12 @@ class Pipeline:
             self._learn_dns(batch.dns)
         # the whole batch through the tracker in one call, then its events in order
         events = self.tracker.feed_many(batch.segments)
+        if events:
+            self._dispatch(events)
+
+    def feed_stats(self, stats: StatsRound) -> None:
+        """A socket-stats round: progress of open connections (and those older than the agent)."""
+        events = self.tracker.feed_stats(stats.ts, stats.samples)
         if events:
             self._dispatch(events)
 
@@ -98,6 +114,13 @@ class Pipeline:
                 server = resolve(event.server.address, event.start_time)
                 for on_opened in self._on_opened:
                     on_opened(event, client, server)
+                continue
+            if isinstance(event, ConnectionProgress):
+                when = event.start_time if event.start_time is not None else event.ts
+                client = resolve(event.client.address, when)
+                server = resolve(event.server.address, when)
+                for on_progress in self._on_progress:
+                    on_progress(event, client, server)
                 continue
             # who held each address when the connection started (as identity.name_connection)
             at = event.start_time if event.start_time is not None else event.end_time
@@ -181,6 +204,7 @@ class LockedSink:
 
     def __init__(self, sink: Sink, lock: threading.Lock) -> None:
         self._sink, self._lock = sink, lock
+        self._progress: ProgressSink | None = sink if hasattr(sink, "on_progress") else None  # type: ignore[assignment]
 
     def on_opened(self, event: ConnectionOpened, client: Identity, server: Identity) -> None:
         with self._lock:
@@ -189,6 +213,11 @@ class LockedSink:
     def on_connection(self, conn: NamedConnection) -> None:
         with self._lock:
             self._sink.on_connection(conn)
+
+    def on_progress(self, event: ConnectionProgress, client: Identity, server: Identity) -> None:
+        if self._progress is not None:
+            with self._lock:
+                self._progress.on_progress(event, client, server)
 
 
 def _check_capture_permission() -> None:
@@ -219,6 +248,9 @@ class NodeCapture:
         self.pipeline = Pipeline(self.tracker, resolver, sinks, resolver.learn_dns)
         self.failed: str | None = None
         self._stop = threading.Event()
+        # socket-stats rounds from the sampler thread, fed to the tracker on this capture thread
+        self._stats: deque[StatsRound] = deque()
+        self.stats_rounds_dropped = 0
         name = f"podwire-capture-{settings.netns}" if settings.netns else "podwire-capture"
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
@@ -242,8 +274,16 @@ class NodeCapture:
             tracker_anomalies=dict(trk.anomalies),
         )
 
+    def deliver_stats(self, stats: StatsRound) -> None:
+        """Sampler thread: queue a round (bounded: a stalled capture thread drops the oldest)."""
+        if len(self._stats) >= STATS_QUEUE:
+            self._stats.popleft()
+            self.stats_rounds_dropped += 1
+        self._stats.append(stats)
+
     def _loop(self) -> None:
         poll, feed, tick = self.capture.poll, self.pipeline.feed, self.pipeline.tick
+        rounds, feed_stats = self._stats, self.pipeline.feed_stats
         last_tick = time.time()
         try:
             while not self._stop.is_set():
@@ -252,6 +292,8 @@ class NodeCapture:
                     break
                 if batch.segments or batch.dns:
                     feed(batch)
+                while rounds:  # after the batch: segments up to the sample are in the tracker
+                    feed_stats(rounds.popleft())
                 now = time.time()
                 if now - last_tick >= TICK_S:
                     tick(now)
@@ -296,6 +338,22 @@ class Agent:
         self.captures = [NodeCapture(settings.replace(netns=ns), self.identity, sinks) for ns in namespaces]
         for node in self.captures:
             self.telemetry.add_source(node.snapshot)
+        self.sampler: Sampler | None = None
+        if settings.sockstats:
+            from podwire.sockstats.sampler import NodeTarget, Sampler
+
+            targets = [
+                NodeTarget(
+                    ns,
+                    node.deliver_stats,
+                    settings.netns_dir,
+                    settings.interface_include,
+                    settings.interface_exclude,
+                )
+                for ns, node in zip(namespaces, self.captures, strict=True)
+            ]
+            self.sampler = Sampler(targets, settings.sockstats_interval_s, settings.max_connections)
+            self.telemetry.add_source(self._sockstats_snapshot)
         self.telemetry.add_source(self._identity_snapshot)
         self.http = HttpServer(*settings.listen, HttpLimits.from_settings(settings))
         health_routes(self.http, self.ready)
@@ -304,12 +362,24 @@ class Agent:
     def _identity_snapshot(self) -> AgentSnapshot:
         return AgentSnapshot(identity_misses=self.identity.stats().index.lookups_missed)
 
+    def _sockstats_snapshot(self) -> AgentSnapshot:
+        assert self.sampler is not None
+        st = self.sampler.stats
+        return AgentSnapshot(
+            sockstats_dumps=st.dumps,
+            sockstats_dump_seconds=st.dump_seconds,
+            sockstats_sockets=st.sockets,
+            sockstats_skipped=dict(st.skipped),
+            sockstats_dropped=st.sockets_dropped + sum(c.stats_rounds_dropped for c in self.captures),
+        )
+
     @property
     def failed(self) -> str | None:
         return next((c.failed for c in self.captures if c.failed is not None), None)
 
     def ready(self) -> bool:
-        return all(c.running for c in self.captures) and bool(self.identity.ready)
+        sampling = self.sampler is None or self.sampler.running
+        return all(c.running for c in self.captures) and bool(self.identity.ready) and sampling
 
     def start(self) -> None:
         from podwire.views.http import raise_nofile_limit
@@ -321,12 +391,16 @@ class Agent:
         settle_heap()
         for node in self.captures:
             node.start()
+        if self.sampler is not None:
+            self.sampler.start()
         host, port = self.http.address
         _log.info("agent_started", listen=f"{host}:{port}", captures=len(self.captures))
 
     def stop(self, deadline_s: float = 5.0) -> None:
         """Stop capture, identity, export and the listener, within `deadline_s` overall."""
         deadline = time.monotonic() + deadline_s
+        if self.sampler is not None:
+            self.sampler.stop(deadline)
         for node in self.captures:
             node.stop(deadline)
         self.identity.stop(max(0.1, deadline - time.monotonic()))

@@ -93,6 +93,12 @@ def _float_in(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
+def _path(text: str) -> str:
+    if not text.startswith("/") or len(text) > 4096:
+        raise ValueError("must be an absolute path")
+    return text
+
+
 def _bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -148,6 +154,10 @@ class Settings:
     syn_timeout_s: float = 20.0
     closing_timeout_s: float = 300.0
     idle_timeout_s: float = 86_400.0
+    # socket stats (sock_diag in each pod's namespace): off unless asked for, it needs CAP_SYS_ADMIN
+    sockstats: bool = False
+    sockstats_interval_s: float = 10.0
+    netns_dir: str = "/run/netns"  # where CNI mounts pod network namespaces
     # identity
     inventory: str | None = None
     kube: str = "auto"  # auto | on | off
@@ -192,6 +202,9 @@ _FIELDS: dict[str, Callable[[str], Any]] = {
     "syn_timeout_s": _positive_float,
     "closing_timeout_s": _positive_float,
     "idle_timeout_s": _positive_float,
+    "sockstats": _bool,
+    "sockstats_interval_s": _float_in(0.1, 3600.0),
+    "netns_dir": _path,
     "inventory": _text,
     "kube": _choice("auto", "on", "off"),
     "kubeconfig": _text,

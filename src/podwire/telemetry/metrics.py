@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from opentelemetry.metrics import Meter, Observation
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
+    Gauge,
     Histogram,
     HistogramDataPoint,
     Metric,
@@ -59,6 +60,8 @@ from podwire.config import Settings
 from podwire.model import (
     CloseInitiator,
     ConnectionOpened,
+    ConnectionProgress,
+    ConnectionRecord,
     Endpoint,
     Identity,
     IdentityKind,
@@ -174,8 +177,12 @@ class _Edge:
         "dur",
         "failures",
         "hs",
+        "min_rtt",
         "outcomes",
         "resets",
+        "retrans",
+        "retrans_conns",
+        "rtt",
         "sg_attrs",
         "sg_client",
         "sg_failed",
@@ -200,6 +207,11 @@ class _Edge:
         self.sg_failed = 0
         self.sg_server = _Hist(n.SG_BUCKETS)
         self.sg_client = _Hist(n.SG_BUCKETS)
+        # socket stats
+        self.rtt = _Hist(n.RTT_BUCKETS)
+        self.min_rtt = float("inf")
+        self.retrans = [0, 0]  # by sender: client, server (each end's own socket)
+        self.retrans_conns = [0, 0]
 
     def copy(self) -> _Edge:
         e = _Edge.__new__(_Edge)
@@ -209,6 +221,8 @@ class _Edge:
         e.dur, e.hs = self.dur.copy(), self.hs.copy()
         e.sg_total, e.sg_failed = self.sg_total, self.sg_failed
         e.sg_server, e.sg_client = self.sg_server.copy(), self.sg_client.copy()
+        e.rtt, e.min_rtt = self.rtt.copy(), self.min_rtt
+        e.retrans, e.retrans_conns = self.retrans.copy(), self.retrans_conns.copy()
         return e
 
 
@@ -254,6 +268,11 @@ class AgentSnapshot:
     tracker_evictions: int = 0
     tracker_anomalies: Mapping[str, int] = field(default_factory=dict)  # kind -> count
     identity_misses: int = 0
+    sockstats_dumps: int = 0
+    sockstats_dump_seconds: float = 0.0
+    sockstats_sockets: int = 0  # seen in the last round
+    sockstats_skipped: Mapping[str, int] = field(default_factory=dict)  # reason -> pods
+    sockstats_dropped: int = 0
 
 
 class ExportCounters:
@@ -330,6 +349,30 @@ class SelfMetrics:
             "Addresses no identity source knew",
             one(lambda s: s.identity_misses),
         )
+        counter(
+            n.AGENT_SOCKSTATS_DUMPS, n.UNIT_DUMPS, "Pod namespaces dumped", one(lambda s: s.sockstats_dumps)
+        )
+        counter(
+            n.AGENT_SOCKSTATS_DUMP_DURATION,
+            n.UNIT_SECONDS,
+            "Time spent entering pod namespaces and dumping their sockets",
+            lambda: (
+                [Observation(sum(s().sockstats_dump_seconds for s in self._sources))] if self._sources else []
+            ),
+        )
+        gauge(
+            n.AGENT_SOCKSTATS_SOCKETS,
+            n.UNIT_SOCKETS,
+            "Sockets seen in the last socket-stats round",
+            one(lambda s: s.sockstats_sockets),
+        )
+        counter(n.AGENT_SOCKSTATS_SKIPPED, n.UNIT_PODS, "Pods not dumped, by reason", self._skipped)
+        counter(
+            n.AGENT_SOCKSTATS_DROPPED,
+            n.UNIT_SOCKETS,
+            "Socket samples not used (over the bound, or the capture thread fell behind)",
+            one(lambda s: s.sockstats_dropped),
+        )
         counter(n.AGENT_EXPORT_FAILURES, n.UNIT_EVENTS, "Failed export calls", self._failures)
         counter(n.AGENT_EXPORT_DROPPED, n.UNIT_ITEMS, "Spans not delivered", self._dropped)
         if sink is not None:
@@ -363,6 +406,13 @@ class SelfMetrics:
                 total[reason] = total.get(reason, 0) + count
         return [Observation(v, {n.REASON: k}) for k, v in sorted(total.items())]
 
+    def _skipped(self) -> list[Observation]:
+        total: dict[str, int] = {}
+        for source in self._sources:
+            for reason, count in source().sockstats_skipped.items():
+                total[reason] = total.get(reason, 0) + count
+        return [Observation(v, {n.REASON: k}) for k, v in sorted(total.items())]
+
     def _failures(self) -> list[Observation]:
         return [Observation(v, {n.SIGNAL: k}) for k, v in sorted(self._export.failures.items())]
 
@@ -375,7 +425,17 @@ class SelfMetrics:
 # --- the sink -------------------------------------------------------------------------------
 
 
-_OpenKey = tuple[int, Endpoint, Endpoint, int, int]
+_OpenKey = tuple[int, Endpoint, Endpoint, int | None, int | None]
+
+
+class _Reported:
+    """What the sink already counted of an open connection from its progress events."""
+
+    __slots__ = ("c2s", "edge", "retrans", "s2c")
+
+    def __init__(self, edge: _Edge) -> None:
+        self.edge = edge
+        self.c2s = self.s2c = self.retrans = 0
 
 
 class MetricsSink:
@@ -399,6 +459,8 @@ class MetricsSink:
         # opened connections awaiting their record (active gauge); bounded like the tracker's table
         self._open: OrderedDict[_OpenKey, _Edge] = OrderedDict()
         self._max_open = max_open
+        # connections with progress from socket stats: what was counted so far (same bound)
+        self._progress: OrderedDict[_OpenKey, _Reported] = OrderedDict()
         self._lock = threading.Lock()
         self.series_dropped = 0
 
@@ -486,15 +548,68 @@ class MetricsSink:
                 _, oldest = self._open.popitem(last=False)
                 oldest.active -= 1  # the tracker evicted it too (same bound)
 
+    def on_progress(self, event: ConnectionProgress, client: Identity, server: Identity) -> None:
+        """Bytes and retransmits not counted yet, an RTT observation (socket stats, per sample).
+
+        The sample is of the end behind the capture point (observed_side).  Retransmits are that
+        end's own, counted by its own node under `sender`, so each retransmitted segment counts
+        once cluster-wide; bytes and RTT only where the connection counts (`counts_here`)."""
+        counted = counts_here(event.observed_side, client)
+        sender = 1 if event.observed_side is Side.SERVER else 0
+        key = (event.point, event.client, event.server, event.client_isn, event.server_isn)
+        with self._lock:
+            done = self._progress.get(key)
+            if done is None:
+                edge = self._open.get(key) or self._edge(client, server, event.server.port, event.client.port)
+                done = self._progress[key] = _Reported(edge)
+                if len(self._progress) > self._max_open:
+                    self._progress.popitem(last=False)
+            edge = done.edge
+            if event.retransmits > done.retrans:
+                if not done.retrans:
+                    edge.retrans_conns[sender] += 1
+                edge.retrans[sender] += event.retransmits - done.retrans
+                done.retrans = event.retransmits
+            if not counted:
+                return
+            if event.bytes_client_to_server > done.c2s:
+                edge.bytes[0] += event.bytes_client_to_server - done.c2s
+                done.c2s = event.bytes_client_to_server
+            if event.bytes_server_to_client > done.s2c:
+                edge.bytes[1] += event.bytes_server_to_client - done.s2c
+                done.s2c = event.bytes_server_to_client
+            if event.rtt_s > 0:
+                edge.rtt.record(event.rtt_s)
+            if 0 < event.min_rtt_s < edge.min_rtt:
+                edge.min_rtt = event.min_rtt_s
+
+    def _uncounted_end(self, rec: ConnectionRecord) -> None:
+        """A record this node does not count: only its own end's last retransmits (see on_progress)."""
+        with self._lock:
+            key = (rec.point, rec.client, rec.server, rec.client_isn, rec.server_isn)
+            done = self._progress.get(key) if rec.outcome is Outcome.OPEN else self._progress.pop(key, None)
+            if done is not None and rec.retransmits is not None and rec.retransmits > done.retrans:
+                sender = 1 if rec.observed_side is Side.SERVER else 0
+                if not done.retrans:
+                    done.edge.retrans_conns[sender] += 1
+                done.edge.retrans[sender] += rec.retransmits - done.retrans
+                done.retrans = rec.retransmits
+
     def on_connection(self, conn: NamedConnection) -> None:
         rec = conn.record
         if not counts_here(rec.observed_side, conn.client):
+            if self._progress:
+                self._uncounted_end(rec)
             return
         outcome = rec.outcome
         key: _OpenKey | None = None
         if rec.client_isn is not None and rec.server_isn is not None:
             key = (rec.point, rec.client, rec.server, rec.client_isn, rec.server_isn)
         with self._lock:
+            done: _Reported | None = None
+            if self._progress:
+                pkey = (rec.point, rec.client, rec.server, rec.client_isn, rec.server_isn)
+                done = self._progress.get(pkey) if outcome is Outcome.OPEN else self._progress.pop(pkey, None)
             opened: _Edge | None = None
             if key is not None:
                 if outcome is Outcome.OPEN:
@@ -505,10 +620,21 @@ class MetricsSink:
                         opened.active -= 1
             edge = self._edge(conn.client, conn.server, rec.server.port, rec.client.port)
             edge.outcomes[_OUTCOME_INDEX[outcome]] += 1
+            # only what progress events did not count already: the total stays exact
             if rec.bytes_client_to_server is not None:
-                edge.bytes[0] += rec.bytes_client_to_server
+                edge.bytes[0] += max(0, rec.bytes_client_to_server - (done.c2s if done else 0))
             if rec.bytes_server_to_client is not None:
-                edge.bytes[1] += rec.bytes_server_to_client
+                edge.bytes[1] += max(0, rec.bytes_server_to_client - (done.s2c if done else 0))
+            if rec.retransmits:
+                counted = done.retrans if done else 0
+                if rec.retransmits > counted:
+                    sender = 1 if rec.observed_side is Side.SERVER else 0
+                    if not counted:
+                        edge.retrans_conns[sender] += 1
+                    edge.retrans[sender] += rec.retransmits - counted
+            if done is not None and outcome is Outcome.OPEN:  # still open: later events count on
+                done.c2s = max(done.c2s, rec.bytes_client_to_server or 0)
+                done.s2c = max(done.s2c, rec.bytes_server_to_client or 0)
             if opened is None and rec.handshake_rtt_s is not None:
                 edge.hs.record(rec.handshake_rtt_s)
             if outcome is Outcome.REFUSED:
@@ -548,6 +674,10 @@ class MetricsSink:
         sg_failed: list[NumberDataPoint] = []
         sg_server: list[HistogramDataPoint] = []
         sg_client: list[HistogramDataPoint] = []
+        rtt: list[HistogramDataPoint] = []
+        min_rtt: list[NumberDataPoint] = []
+        retrans: list[NumberDataPoint] = []
+        retrans_conns: list[NumberDataPoint] = []
         with self._lock:
             live = list(self._edges.values())
             if self._overflow is not None:
@@ -586,6 +716,15 @@ class MetricsSink:
                 sg_client.append(_hist_point(e.sg_client, e.sg_attrs, t0, now))
             if e.sg_failed:
                 sg_failed.append(NumberDataPoint(e.sg_attrs, t0, now, e.sg_failed))
+            if e.rtt.count:
+                rtt.append(_hist_point(e.rtt, a, t0, now))
+                min_rtt.append(NumberDataPoint(a, t0, now, e.min_rtt))
+            for i, sender in enumerate((n.CLIENT_SENDER, n.SERVER_SENDER)):
+                if e.rtt.count or e.retrans[i]:  # sampled: 0 retransmits is a fact worth a point
+                    retrans.append(NumberDataPoint({**a, n.SENDER: sender}, t0, now, e.retrans[i]))
+                    retrans_conns.append(
+                        NumberDataPoint({**a, n.SENDER: sender}, t0, now, e.retrans_conns[i])
+                    )
         # Tempo's series share label sets per edge, so several podwire edges (ports, kinds) can fold
         # into one service-graph edge: merge them.
         sg_total, sg_failed = _merge_sums(sg_total), _merge_sums(sg_failed)
@@ -609,6 +748,23 @@ class MetricsSink:
         add_sum(n.TCP_FAILURES, n.UNIT_CONNECTIONS, "Connections refused or timed out", fails)
         add_sum(n.TCP_RESETS, n.UNIT_CONNECTIONS, "Connections ended by a RST, by sender", resets)
         add_sum(n.TCP_CONNECTIONS_ACTIVE, n.UNIT_CONNECTIONS, "Open connections", active, monotonic=False)
+        add_hist(n.TCP_RTT, n.UNIT_SECONDS, "Smoothed RTT (socket stats, one per connection per sample)", rtt)
+        if min_rtt:
+            out.append(
+                Metric(
+                    n.TCP_MIN_RTT,
+                    "Lowest RTT seen on the edge (socket stats)",
+                    n.UNIT_SECONDS,
+                    Gauge(min_rtt),
+                )
+            )
+        add_sum(n.TCP_RETRANSMITS, n.UNIT_SEGMENTS, "Segments retransmitted (socket stats)", retrans)
+        add_sum(
+            n.TCP_CONNECTIONS_RETRANSMITTING,
+            n.UNIT_CONNECTIONS,
+            "Connections that retransmitted (socket stats)",
+            retrans_conns,
+        )
         add_sum(n.SG_REQUEST, n.UNIT_REQUESTS, "Service graph: requests (connections)", sg_total)
         add_sum(n.SG_REQUEST_FAILED, n.UNIT_REQUESTS, "Service graph: failed requests", sg_failed)
         add_hist(

@@ -23,6 +23,12 @@ TCP_HANDSHAKE_DURATION: Final = "podwire.tcp.handshake.duration"  # podwire_tcp_
 TCP_FAILURES: Final = "podwire.tcp.failures"  # podwire_tcp_failures_total{reason}
 TCP_RESETS: Final = "podwire.tcp.resets"  # podwire_tcp_resets_total{sender}
 TCP_CONNECTIONS_ACTIVE: Final = "podwire.tcp.connections.active"  # podwire_tcp_connections_active (gauge)
+# from socket stats (sock_diag), per edge:
+TCP_RTT: Final = "podwire.tcp.rtt"  # podwire_tcp_rtt_seconds: smoothed RTT, one observation per sample
+TCP_MIN_RTT: Final = "podwire.tcp.min_rtt"  # podwire_tcp_min_rtt_seconds (gauge): lowest seen on the edge
+TCP_RETRANSMITS: Final = "podwire.tcp.retransmits"  # podwire_tcp_retransmits_total: segments retransmitted
+# podwire_tcp_connections_retransmitting_total: connections that retransmitted at least once
+TCP_CONNECTIONS_RETRANSMITTING: Final = "podwire.tcp.connections.retransmitting"
 
 # --- Tempo service-graph series (names exactly as Tempo's processor writes them) ----
 SG_REQUEST: Final = "traces_service_graph_request"  # traces_service_graph_request_total
@@ -47,6 +53,13 @@ AGENT_SERIES_DROPPED: Final = "podwire.agent.series.dropped"  # podwire_agent_se
 AGENT_EXPORT_FAILURES: Final = "podwire.agent.export.failures"  # podwire_agent_export_failures_total{signal}
 # podwire_agent_export_dropped_total{signal,reason}: spans dropped (queue full) or lost (export failed)
 AGENT_EXPORT_DROPPED: Final = "podwire.agent.export.dropped"
+# socket stats: podwire_agent_sockstats_dumps_total, ..._dump_duration_seconds_total (wall time),
+# ..._sockets (seen in the last round), ..._pods_skipped_total{reason}, ..._dropped_total
+AGENT_SOCKSTATS_DUMPS: Final = "podwire.agent.sockstats.dumps"
+AGENT_SOCKSTATS_DUMP_DURATION: Final = "podwire.agent.sockstats.dump.duration"
+AGENT_SOCKSTATS_SOCKETS: Final = "podwire.agent.sockstats.sockets"
+AGENT_SOCKSTATS_SKIPPED: Final = "podwire.agent.sockstats.pods.skipped"
+AGENT_SOCKSTATS_DROPPED: Final = "podwire.agent.sockstats.dropped"  # sockets over the bound, rounds not fed
 
 # --- edge attributes (Prometheus: dots become underscores) ---------------------------
 CLIENT_WORKLOAD: Final = "client.workload"
@@ -63,6 +76,8 @@ OUTCOME: Final = "outcome"  # closed | reset | refused | timeout
 DIRECTION: Final = "direction"  # client_to_server | server_to_client
 REASON: Final = "reason"  # refused | timeout (failures); deleted | not_veth | ... (interface removals)
 SENDER: Final = "sender"  # client | server | both
+CLIENT_SENDER: Final = "client"  # retransmits{sender}: which end retransmitted
+SERVER_SENDER: Final = "server"
 CLIENT_TO_SERVER: Final = "client_to_server"
 SERVER_TO_CLIENT: Final = "server_to_client"
 
@@ -97,6 +112,10 @@ UNIT_ENTRIES: Final = "{entry}"
 UNIT_EVENTS: Final = "{event}"
 UNIT_SERIES: Final = "{series}"
 UNIT_ITEMS: Final = "{item}"  # spans or metric exports
+UNIT_SEGMENTS: Final = "{segment}"
+UNIT_SOCKETS: Final = "{socket}"
+UNIT_PODS: Final = "{pod}"
+UNIT_DUMPS: Final = "{dump}"
 
 # --- histogram buckets (upper bounds, seconds) --------------------------------------
 # Connections live from a millisecond (health checks) to hours (database pools).
@@ -108,6 +127,11 @@ CONNECTION_DURATION_BUCKETS: Final = (
 HANDSHAKE_DURATION_BUCKETS: Final = (
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
     0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+# Smoothed RTT: tens of microseconds on a node, milliseconds across zones, a second when lossy.
+RTT_BUCKETS: Final = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0,
 )  # fmt: skip
 # Tempo's default: prometheus.ExponentialBuckets(0.1, 2, 8)
 # (grafana/tempo modules/generator/processor/servicegraphs/config.go).
@@ -128,6 +152,9 @@ SPAN_CLOSE_INITIATOR: Final = "podwire.close_initiator"
 SPAN_BYTES_C2S: Final = "podwire.bytes.client_to_server"
 SPAN_BYTES_S2C: Final = "podwire.bytes.server_to_client"
 SPAN_HANDSHAKE_RTT: Final = "podwire.handshake.rtt"  # seconds
+SPAN_RTT: Final = "podwire.rtt"  # seconds, smoothed, at the last socket-stats sample
+SPAN_MIN_RTT: Final = "podwire.min_rtt"  # seconds
+SPAN_RETRANSMITS: Final = "podwire.retransmits"  # segments
 SPAN_STARTED_BEFORE_CAPTURE: Final = "podwire.started_before_capture"
 SPAN_CLIENT_GUESSED: Final = "podwire.client_guessed"
 SPAN_PEER_WORKLOAD: Final = "podwire.peer.workload"

@@ -210,6 +210,12 @@ class SpanSink:
             attrs[n.SPAN_BYTES_S2C] = rec.bytes_server_to_client
         if rec.handshake_rtt_s is not None:
             attrs[n.SPAN_HANDSHAKE_RTT] = rec.handshake_rtt_s
+        if rec.rtt_s is not None:
+            attrs[n.SPAN_RTT] = rec.rtt_s
+        if rec.min_rtt_s is not None:
+            attrs[n.SPAN_MIN_RTT] = rec.min_rtt_s
+        if rec.retransmits is not None:
+            attrs[n.SPAN_RETRANSMITS] = rec.retransmits
         if rec.client_guessed:
             attrs[n.SPAN_CLIENT_GUESSED] = True
         if kind is SpanKind.CLIENT:
