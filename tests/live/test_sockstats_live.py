@@ -14,14 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from podwire.agent import Agent, CollectingSink
 from podwire.config import Settings
 from podwire.demo.cluster import Cluster, nft_in_netns
 from podwire.demo.inventory import write_inventory
 from podwire.model import ConnectionProgress, ConnectionRecord, Identity, Side
-from podwire.telemetry import names as n
 from tests.live.harness import client_socket, listener, read_to_eof
 
 INTERVAL = 0.3
@@ -56,7 +53,9 @@ class Progress:
 
 
 @contextmanager
-def agent(cluster: Cluster, tmp_path: Path, node: str = "node-a", **overrides: Any) -> Iterator[tuple[Agent, Progress]]:
+def agent(
+    cluster: Cluster, tmp_path: Path, node: str = "node-a", **overrides: Any
+) -> Iterator[tuple[Agent, Progress]]:
     inventory = tmp_path / "inventory.yaml"
     if not inventory.exists():
         write_inventory(cluster, inventory)
@@ -184,7 +183,8 @@ def test_random_drops_show_as_retransmits_on_the_lossy_edge_only(
     nft_in_netns(
         lossy.netns,
         "table inet podwire_test_loss {\n"
-        "  chain input { type filter hook input priority 0; tcp dport 8080 numgen random mod 100 < 5 drop; }\n"
+        "  chain input { type filter hook input priority 0;\n"
+        "    tcp dport 8080 numgen random mod 100 < 5 drop; }\n"
         "}\n",
     )
     socks = [listener(cluster, p, port=8080) for p in (lossy, clean)]
@@ -211,7 +211,10 @@ def test_random_drops_show_as_retransmits_on_the_lossy_edge_only(
             timeout=15,
             what="retransmits on the lossy edge",
         )
-        assert scrape(a, "podwire_tcp_connections_retransmitting_total", server_workload="api", sender="client") == 1
+        assert (
+            scrape(a, "podwire_tcp_connections_retransmitting_total", server_workload="api", sender="client")
+            == 1
+        )
         assert scrape(a, retrans, server_workload="db") == 0
         for c, _ in pairs:
             c.close()
