@@ -33,3 +33,14 @@ def test_no_room_imports_a_room_after_it_in_the_flow() -> None:
             for bad in sorted(_imported_rooms(path) & later):
                 problems.append(f"{path.relative_to(PACKAGE)} imports podwire.{bad} (upstream of {room})")
     assert not problems, "\n".join(problems)
+
+
+def test_sockstats_sits_beside_capture() -> None:
+    """Socket stats feed the tracker like capture does: they import no room after capture."""
+    later = set(FLOW[1:])
+    problems = [
+        f"{path.relative_to(PACKAGE)} imports podwire.{bad}"
+        for path in sorted((PACKAGE / "sockstats").rglob("*.py"))
+        for bad in sorted(_imported_rooms(path) & later)
+    ]
+    assert not problems, "\n".join(problems)
