@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import signal
 import socket
@@ -39,6 +40,7 @@ from podwire.tracker.tracker import Tracker, TrackerLimits
 if TYPE_CHECKING:
     from podwire.identity.service import IdentityService
     from podwire.sockstats.sampler import Sampler
+    from podwire.tls.assembler import TlsAssembler
 
 _log = log.get("podwire.agent")
 
@@ -73,8 +75,10 @@ class Pipeline:
         resolver: Resolver,
         sinks: Sequence[Sink],
         learn_dns: Callable[[Sequence[DnsAnswer]], None] | None = None,
+        tls: TlsAssembler | None = None,
     ) -> None:
         self.tracker = tracker
+        self.tls = tls  # joins handshake facts to records (None: TLS insight off)
         self._resolve = resolver.resolve
         self._sinks = tuple(sinks)
         # bound once: the dispatch loop runs per connection
@@ -89,6 +93,8 @@ class Pipeline:
     def feed(self, batch: Batch) -> None:
         if batch.dns and self._learn_dns is not None:
             self._learn_dns(batch.dns)
+        if batch.tls and self.tls is not None:  # before the tracker: a record in this batch may need them
+            self.tls.feed(batch.tls)
         # the whole batch through the tracker in one call, then its events in order
         events = self.tracker.feed_many(batch.segments)
         if events:
@@ -102,12 +108,15 @@ class Pipeline:
 
     def tick(self, now: float) -> None:
         self._dispatch(self.tracker.expire(now))
+        if self.tls is not None:
+            self.tls.expire(now)
 
     def finish(self, now: float) -> None:
         self._dispatch(self.tracker.flush(now))
 
     def _dispatch(self, events: Sequence[ConnectionEvent]) -> None:
         resolve = self._resolve
+        tls = self.tls
         for event in events:
             if isinstance(event, ConnectionOpened):
                 client = resolve(event.client.address, event.start_time)
@@ -122,6 +131,10 @@ class Pipeline:
                 for on_progress in self._on_progress:
                     on_progress(event, client, server)
                 continue
+            if tls is not None:
+                info = tls.take(event)
+                if info is not None:
+                    event = dataclasses.replace(event, tls=info)
             # who held each address when the connection started (as identity.name_connection)
             at = event.start_time if event.start_time is not None else event.end_time
             named = NamedConnection(
@@ -169,13 +182,19 @@ def replay(settings: Settings, path: str, fmt: str, out: TextIO) -> int:
     from podwire.views import records
 
     try:
-        source = PcapSource(path)
+        source = PcapSource(path, tls=settings.tls)
     except PcapError as exc:
         print(f"podwire: {exc}", file=sys.stderr)
         return 2
     resolver = build_service(settings)
     sink = CollectingSink()
-    pipeline = Pipeline(Tracker(TrackerLimits.from_settings(settings)), resolver, [sink], resolver.learn_dns)
+    pipeline = Pipeline(
+        Tracker(TrackerLimits.from_settings(settings)),
+        resolver,
+        [sink],
+        resolver.learn_dns,
+        tls_assembler(settings),
+    )
     try:
         drive(source, pipeline)
     finally:
@@ -187,6 +206,22 @@ def replay(settings: Settings, path: str, fmt: str, out: TextIO) -> int:
         records.write_jsonl(conns, out)
     _log.info("replay_done", file=path, connections=len(conns), stats=str(source.stats))
     return 0
+
+
+def tls_assembler(settings: Settings) -> TlsAssembler | None:
+    """The handshake reassembler when TLS insight is on (imported only then)."""
+    if not settings.tls:
+        return None
+    from podwire.tls.assembler import TlsAssembler, TlsLimits
+
+    return TlsAssembler(
+        TlsLimits(
+            max_connections=settings.tls_max_connections,
+            max_handshake_bytes=settings.tls_max_handshake_kib * 1024,
+            # a handshake's facts wait for the record at most as long as a quiet connection may live
+            ttl_s=settings.idle_timeout_s,
+        )
+    )
 
 
 def _sort_key(conn: NamedConnection) -> tuple[float, float]:
@@ -245,7 +280,7 @@ class NodeCapture:
         except (OSError, ValueError, BpfError) as exc:
             raise StartError(f"capture cannot start: {exc}") from None
         self.tracker = Tracker(TrackerLimits.from_settings(settings))
-        self.pipeline = Pipeline(self.tracker, resolver, sinks, resolver.learn_dns)
+        self.pipeline = Pipeline(self.tracker, resolver, sinks, resolver.learn_dns, tls_assembler(settings))
         self.failed: str | None = None
         self._stop = threading.Event()
         # socket-stats rounds from the sampler thread, fed to the tracker on this capture thread

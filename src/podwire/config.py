@@ -66,6 +66,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return parse
+
+
 def _ratio(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -166,6 +176,10 @@ class Settings:
     external_cidrs: tuple[tuple[str, str], ...] = ()
     identity_history_s: float = 3600.0
     dns_names: bool = True
+    # TLS handshake insight (tls/): the kernel passes handshake records; bounded reassembly
+    tls: bool = True
+    tls_max_connections: int = 4096  # connections whose handshake is being reassembled
+    tls_max_handshake_kib: int = 32  # per direction of one connection
     # telemetry
     otlp: str = "auto"  # auto (on when OTEL_EXPORTER_OTLP_ENDPOINT is set) | on | off
     spans: bool = True
@@ -212,6 +226,9 @@ _FIELDS: dict[str, Callable[[str], Any]] = {
     "external_cidrs": parse_cidr_names,
     "identity_history_s": _positive_float,
     "dns_names": _bool,
+    "tls": _bool,
+    "tls_max_connections": _bounded_int(1, 1_048_576),
+    "tls_max_handshake_kib": _bounded_int(1, 1024),
     "otlp": _choice("auto", "on", "off"),
     "spans": _bool,
     "span_sample_ratio": _ratio,

@@ -1,12 +1,14 @@
 """Value types that cross from room to room.
 
-capture -> Segment -> tracker -> ConnectionOpened / ConnectionRecord -> identity -> NamedConnection
--> telemetry / views.  Nothing here does I/O; every type is immutable or slotted.
+capture -> Segment (+ TlsChunk) -> tracker (+ tls assembler) -> ConnectionOpened / ConnectionRecord
+-> identity -> NamedConnection -> telemetry / views.  Nothing here does I/O; every type is immutable
+or slotted.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -40,6 +42,50 @@ class Segment(NamedTuple):
     # True: sent by the workload behind the capture interface (received on its host-side veth);
     # False: sent towards it; None: unknown (pcap replay).
     from_local: bool | None = None
+
+
+class TlsChunk(NamedTuple):
+    """The payload of a TCP segment that starts (or continues) a clear-text TLS handshake.
+
+    The kernel filter passes only segments whose payload starts a handshake record, so these are
+    a few per TLS connection; the payload is copied out of the ring (bounded by the snap length).
+    """
+
+    ts: float
+    point: int
+    src: bytes
+    dst: bytes
+    sport: int
+    dport: int
+    seq: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TlsInfo:
+    """What the clear-text TLS handshake of one connection showed (nothing is decrypted).
+
+    Names as Wireshark and IANA write them: `version` "TLS 1.2"/"TLS 1.3", `cipher`
+    "TLS_AES_128_GCM_SHA256"; unknown codes as hex ("0x7a7a").  `alpn` is the protocol the server
+    chose (None when not visible: TLS 1.3 sends it in the encrypted EncryptedExtensions).
+    Certificate fields come from the leaf of a TLS <= 1.2 Certificate message (or the prober).
+    """
+
+    server_name: str | None = None
+    version: str | None = None
+    cipher: str | None = None
+    alpn: str | None = None
+    client_alpn: tuple[str, ...] = ()  # what the client offered
+    client_versions: tuple[str, ...] = ()  # supported_versions offered (GREASE left out)
+    ja3: str | None = None
+    ja3s: str | None = None
+    ja4: str | None = None
+    certificate_not_before: float | None = None  # unix seconds
+    certificate_not_after: float | None = None  # unix seconds
+    certificate_subject: str | None = None  # RFC 4514
+    certificate_issuer: str | None = None  # RFC 4514
+    certificate_sans: tuple[str, ...] = ()  # DNS names and IP addresses
+    deprecated: bool = False  # SSL 3.0, TLS 1.0 or TLS 1.1 negotiated
 
 
 class Outcome(enum.StrEnum):
@@ -109,6 +155,7 @@ class ConnectionRecord:
     rtt_s: float | None = None  # smoothed RTT at the last sample
     min_rtt_s: float | None = None
     retransmits: int | None = None
+    tls: TlsInfo | None = None  # the clear-text handshake, when the connection spoke TLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +276,7 @@ class Batch(NamedTuple):
 
     segments: list[Segment]
     dns: list[DnsAnswer]
+    tls: Sequence[TlsChunk] = ()  # handshake payloads (when TLS insight is on)
 
 
 class PacketSource(Protocol):

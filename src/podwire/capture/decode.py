@@ -19,7 +19,8 @@ from collections.abc import Callable
 from typing import Final
 
 from podwire.capture.dns import DnsStats, parse_answers
-from podwire.model import CONTROL, DnsAnswer, Segment
+from podwire.capture.handshake import HandshakeTap
+from podwire.model import CONTROL, DnsAnswer, Segment, TlsChunk
 
 # Where frames live: a bytes object, a pcap file's mmap or a PACKET_MMAP ring.
 Buffer = bytes | mmap.mmap
@@ -105,13 +106,19 @@ class DecodeStats:
 class Decoder:
     """Decodes frames into Segments; collects sniffed DNS answers on the side when `dns` is on."""
 
-    __slots__ = ("_dns_out", "dns_enabled", "dns_stats", "stats")
+    __slots__ = ("_dns_out", "dns_enabled", "dns_stats", "stats", "tls")
 
-    def __init__(self, *, dns: bool = False) -> None:
+    def __init__(self, *, dns: bool = False, tls: bool = False) -> None:
         self.stats = DecodeStats()
         self.dns_stats = DnsStats()
         self.dns_enabled = dns
         self._dns_out: list[DnsAnswer] = []
+        # TLS handshake payloads of data segments (None: data segments are skipped unread)
+        self.tls = HandshakeTap() if tls else None
+
+    def take_tls(self) -> list[TlsChunk]:
+        """The TLS handshake payloads decoded since the last call."""
+        return self.tls.take() if self.tls is not None else []
 
     def take_dns(self) -> list[DnsAnswer]:
         """The DNS answers decoded since the last call (the caller owns the list)."""
@@ -149,6 +156,8 @@ class Decoder:
                 flags = buf[off + 47]
                 if not flags & CONTROL:
                     stats.data += 1
+                    if self.tls is not None:
+                        self.tls.tcp(buf, off + 34, off + 14 + total, end, ts, point, off + 26, 4)
                     return None
                 src, dst, sport, dport, seq, ack, doff = _V4_TCP.unpack_from(buf, off + 26)
                 doff = (doff >> 4) << 2
@@ -170,6 +179,11 @@ class Decoder:
             flags = buf[off + 67]
             if not flags & CONTROL:
                 stats.data += 1
+                if self.tls is not None:
+                    plen = (buf[off + 18] << 8) | buf[off + 19]
+                    self.tls.tcp(
+                        buf, off + 54, off + 54 + plen if plen else end, end, ts, point, off + 22, 16
+                    )
                 return None
             src, dst, sport, dport, seq, ack, doff = _V6_TCP.unpack_from(buf, off + 22)
             doff = (doff >> 4) << 2
@@ -385,6 +399,8 @@ class Decoder:
         flags = buf[t + 13]
         if not flags & CONTROL:
             self.stats.data += 1  # the cheap exit replay depends on
+            if self.tls is not None:
+                self.tls.tcp(buf, t, ip_end, end, ts, point, addr, alen)
             return None
         if end - t < 20:
             self.stats.truncated += 1

@@ -27,6 +27,7 @@ from podwire.capture import netns
 from podwire.capture.afpacket import Decode, RingSocket
 from podwire.capture.bpf import LINKTYPE_ETHERNET, LINKTYPE_RAW, BpfProgram, FilterOptions, compile_program
 from podwire.capture.decode import Decoder, DecodeStats
+from podwire.capture.handshake import FILTER_PARTS, SNAPLEN_TLS
 from podwire.capture.interfaces import InterfaceWatch, Link, LinkChange, LinkFilter
 from podwire.config import Settings
 from podwire.model import Batch, Segment
@@ -77,12 +78,15 @@ class LiveCapture:
             raise ValueError(f"ring_block_kib must be a multiple of the page size ({_PAGE // 1024} KiB)")
         self._settings = settings
         self._retire_ms = settings.ring_retire_ms if retire_ms is None else retire_ms
-        self._decoder = Decoder(dns=settings.dns_names)
+        self._decoder = Decoder(dns=settings.dns_names, tls=settings.tls)
         # Decided once: one filter and one decoder per link type (Ethernet for veths).
-        options = FilterOptions(dns_answers=settings.dns_names)
+        options = FilterOptions(
+            dns_answers=settings.dns_names, extra_parts=FILTER_PARTS if settings.tls else ()
+        )
+        snaplen = SNAPLEN_TLS if settings.tls else None  # one accept length for the whole program
         self._programs: dict[int, BpfProgram] = {
-            LINKTYPE_ETHERNET: program or compile_program(options),
-            LINKTYPE_RAW: compile_program(options, linktype=LINKTYPE_RAW),
+            LINKTYPE_ETHERNET: program or compile_program(options, snaplen),
+            LINKTYPE_RAW: compile_program(options, snaplen, linktype=LINKTYPE_RAW),
         }
         self._decoders: dict[int, Decode] = {
             LINKTYPE_ETHERNET: self._decoder.ethernet,
@@ -137,7 +141,7 @@ class LiveCapture:
         if now - self._last_stats >= _STATS_EVERY_S:
             self._last_stats = now
             self._read_kernel_stats()
-        return Batch(segments, self._decoder.take_dns())
+        return Batch(segments, self._decoder.take_dns(), self._decoder.take_tls())
 
     def close(self) -> None:
         if self._closed:

@@ -101,9 +101,11 @@ def _open_bytes(path: str) -> tuple[mmap.mmap | bytes, int]:
 class PcapSource:
     """`PacketSource` over a pcap or pcapng file; `poll()` returns None at the end."""
 
-    def __init__(self, path: str, *, dns: bool = False, batch_packets: int = _BATCH_PACKETS) -> None:
+    def __init__(
+        self, path: str, *, dns: bool = False, tls: bool = False, batch_packets: int = _BATCH_PACKETS
+    ) -> None:
         self.path = path
-        self.decoder = Decoder(dns=dns)
+        self.decoder = Decoder(dns=dns, tls=tls)
         self.stats = PcapStats()
         self._batch = batch_packets
         self._buf, self._size = _open_bytes(path)
@@ -320,7 +322,7 @@ class PcapSource:
         if self._done:
             return None
         segments = self._poll_pcap() if self._format == "pcap" else self._poll_pcapng()
-        return Batch(segments, self.decoder.take_dns())
+        return Batch(segments, self.decoder.take_dns(), self.decoder.take_tls())
 
     def __iter__(self) -> PcapSource:
         return self

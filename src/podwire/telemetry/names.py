@@ -159,6 +159,18 @@ SPAN_STARTED_BEFORE_CAPTURE: Final = "podwire.started_before_capture"
 SPAN_CLIENT_GUESSED: Final = "podwire.client_guessed"
 SPAN_PEER_WORKLOAD: Final = "podwire.peer.workload"
 SPAN_PEER_KIND: Final = "podwire.peer.kind"  # pod | service | node | external
+# TLS span attributes (semantic conventions `tls.*`; JA4 has none, so podwire's own)
+TLS_SERVER_NAME: Final = "tls.client.server_name"
+TLS_PROTOCOL_NAME: Final = "tls.protocol.name"  # "tls" | "ssl"
+TLS_PROTOCOL_VERSION: Final = "tls.protocol.version"  # "1.2", "1.3", "3.0" (semantic conventions)
+TLS_CIPHER: Final = "tls.cipher"  # IANA name
+TLS_NEXT_PROTOCOL: Final = "tls.next_protocol"  # ALPN the server chose
+TLS_CLIENT_JA3: Final = "tls.client.ja3"
+TLS_SERVER_JA3S: Final = "tls.server.ja3s"
+TLS_CLIENT_JA4: Final = "podwire.tls.client.ja4"
+TLS_SERVER_NOT_AFTER: Final = "tls.server.not_after"  # RFC 3339 UTC
+TLS_SERVER_SUBJECT: Final = "tls.server.subject"
+TLS_SERVER_ISSUER: Final = "tls.server.issuer"
 # resource attributes (semantic conventions)
 SERVICE_NAME: Final = "service.name"
 SERVICE_NAMESPACE: Final = "service.namespace"

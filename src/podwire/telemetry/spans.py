@@ -31,6 +31,7 @@ with a cached Resource per workload (bounded LRU) and handed straight to a span 
 
 from __future__ import annotations
 
+import datetime as dt
 import struct
 from collections import OrderedDict
 from collections.abc import Callable
@@ -43,7 +44,15 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.status import Status, StatusCode
 
-from podwire.model import ConnectionOpened, ConnectionRecord, Identity, NamedConnection, Outcome, Side
+from podwire.model import (
+    ConnectionOpened,
+    ConnectionRecord,
+    Identity,
+    NamedConnection,
+    Outcome,
+    Side,
+    TlsInfo,
+)
 from podwire.telemetry import names as n
 from podwire.telemetry.metrics import is_watched_pod
 
@@ -138,6 +147,36 @@ def resource_attributes(ident: Identity, node_name: str | None) -> dict[str, str
     return attrs
 
 
+def tls_attributes(tls: TlsInfo) -> dict[str, str]:
+    """Span attributes of a TLS handshake (only the fields that were visible)."""
+    out: dict[str, str] = {}
+    if tls.version is not None:
+        # "TLS 1.2" -> name "tls", version "1.2" (the semantic conventions split them)
+        name, _, number = tls.version.partition(" ")
+        if number:
+            out[n.TLS_PROTOCOL_NAME] = name.lower()
+            out[n.TLS_PROTOCOL_VERSION] = number
+        else:
+            out[n.TLS_PROTOCOL_VERSION] = tls.version
+    for key, value in (
+        (n.TLS_SERVER_NAME, tls.server_name),
+        (n.TLS_CIPHER, tls.cipher),
+        (n.TLS_NEXT_PROTOCOL, tls.alpn),
+        (n.TLS_CLIENT_JA3, tls.ja3),
+        (n.TLS_SERVER_JA3S, tls.ja3s),
+        (n.TLS_CLIENT_JA4, tls.ja4),
+        (n.TLS_SERVER_SUBJECT, tls.certificate_subject),
+        (n.TLS_SERVER_ISSUER, tls.certificate_issuer),
+    ):
+        if value is not None:
+            out[key] = value
+    if tls.certificate_not_after is not None:
+        out[n.TLS_SERVER_NOT_AFTER] = dt.datetime.fromtimestamp(tls.certificate_not_after, dt.UTC).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
+    return out
+
+
 class SpanSink:
     """`podwire.model.Sink` turning connection records into CLIENT/SERVER spans."""
 
@@ -218,6 +257,8 @@ class SpanSink:
             attrs[n.SPAN_RETRANSMITS] = rec.retransmits
         if rec.client_guessed:
             attrs[n.SPAN_CLIENT_GUESSED] = True
+        if rec.tls is not None:
+            attrs.update(tls_attributes(rec.tls))
         if kind is SpanKind.CLIENT:
             context = SpanContext(ids.trace_id, ids.client_span_id, False, _SAMPLED)
             parent = None

@@ -5,12 +5,13 @@ The JSON field names are a contract (issue 2/3): keep them.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterable
 from typing import Any, TextIO
 
 from podwire.identity.naming import identity_json
-from podwire.model import Endpoint, Identity, IdentityKind, NamedConnection
+from podwire.model import Endpoint, Identity, IdentityKind, NamedConnection, TlsInfo
 
 
 def _end(endpoint: Endpoint, identity: Identity) -> dict[str, Any]:
@@ -19,6 +20,35 @@ def _end(endpoint: Endpoint, identity: Identity) -> dict[str, Any]:
 
 def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
+
+
+def rfc3339(unix_s: float | None) -> str | None:
+    """`2031-05-17T12:30:00Z` (UTC, whole seconds: certificates have no finer time)."""
+    if unix_s is None:
+        return None
+    return dt.datetime.fromtimestamp(unix_s, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def tls_json(tls: TlsInfo | None) -> dict[str, Any] | None:
+    """The record's `tls` object (null when the connection showed no TLS handshake)."""
+    if tls is None:
+        return None
+    return {
+        "server_name": tls.server_name,
+        "version": tls.version,
+        "cipher": tls.cipher,
+        "alpn": tls.alpn,
+        "ja3": tls.ja3,
+        "ja3s": tls.ja3s,
+        "ja4": tls.ja4,
+        "certificate_not_after": rfc3339(tls.certificate_not_after),
+        "certificate_subject": tls.certificate_subject,
+        "certificate_issuer": tls.certificate_issuer,
+        "certificate_not_before": rfc3339(tls.certificate_not_before),
+        "certificate_sans": list(tls.certificate_sans),
+        "client_alpn": list(tls.client_alpn),
+        "client_versions": list(tls.client_versions),
+    }
 
 
 def record_json(conn: NamedConnection) -> dict[str, Any]:
@@ -41,6 +71,7 @@ def record_json(conn: NamedConnection) -> dict[str, Any]:
         "started_before_capture": r.started_before_capture,
         "client_guessed": r.client_guessed,
         "observed_side": None if r.observed_side is None else str(r.observed_side),
+        "tls": tls_json(r.tls),
     }
 
 

@@ -1,0 +1,187 @@
+from __future__ import annotations
+
+import hashlib
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+
+from podwire.model import ConnectionRecord, Endpoint, Outcome, TlsChunk
+from podwire.tls.assembler import TlsAssembler, TlsLimits
+from tests.tls.handshakes import NOT_AFTER, Flight, handshake, make_cert
+
+CLIENT = socket.inet_aton("10.0.0.1")
+SERVER = socket.inet_aton("10.0.0.2")
+CPORT, SPORT = 40000, 443
+CISN, SISN = 1000, 5_000_000
+
+
+def record(cport: int = CPORT, point: int = 7) -> ConnectionRecord:
+    return ConnectionRecord(
+        point=point,
+        client=Endpoint("10.0.0.1", cport),
+        server=Endpoint("10.0.0.2", SPORT),
+        network_type="ipv4",
+        start_time=1.0,
+        end_time=2.0,
+        duration_s=1.0,
+        outcome=Outcome.CLOSED,
+        close_initiator=None,
+        bytes_client_to_server=None,
+        bytes_server_to_client=None,
+        handshake_rtt_s=None,
+        started_before_capture=False,
+        client_guessed=False,
+        client_isn=CISN,
+        server_isn=SISN,
+        observed_side=None,
+    )
+
+
+def chunks(flight: Flight, cport: int = CPORT, point: int = 7, split: int | None = None) -> list[TlsChunk]:
+    """Each write as one TCP payload (the first client write split at `split` if given)."""
+    out: list[TlsChunk] = []
+    cseq, sseq = CISN + 1, SISN + 1
+    for i in range(max(len(flight.client), len(flight.server))):
+        if i < len(flight.client):
+            data = flight.client[i]
+            parts = [data[:split], data[split:]] if split is not None and i == 0 else [data]
+            for part in parts:
+                out.append(TlsChunk(1.0, point, CLIENT, SERVER, cport, SPORT, cseq, part))
+                cseq += len(part)
+        if i < len(flight.server):
+            data = flight.server[i]
+            out.append(TlsChunk(1.0, point, SERVER, CLIENT, SPORT, cport, sseq, data))
+            sseq += len(data)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cert():  # type: ignore[no-untyped-def]
+    return make_cert()
+
+
+def run(chunks_: list[TlsChunk], limits: TlsLimits | None = None):  # type: ignore[no-untyped-def]
+    asm = TlsAssembler(limits)
+    asm.feed(chunks_)
+    return asm, asm.take(record())
+
+
+def test_tls13_with_sni_and_alpn(cert, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    flight = handshake(cert, tmp_path, alpn=("h2", "http/1.1"))
+    asm, info = run(chunks(flight))
+    assert info is not None
+    assert info.server_name == "web.podwire.test"
+    assert info.version == "TLS 1.3"
+    assert info.cipher == "TLS_AES_256_GCM_SHA384"
+    assert info.alpn is None  # encrypted in TLS 1.3
+    assert info.client_alpn == ("h2", "http/1.1")
+    assert info.client_versions[0] == "TLS 1.3"
+    assert info.certificate_not_after is None  # encrypted in TLS 1.3
+    assert info.ja4 is not None and info.ja4.startswith("t13d") and "h2_" in info.ja4
+    assert len(info.ja3 or "") == 32 and len(info.ja3s or "") == 32
+    assert not info.deprecated
+    assert asm.stats.errors == 0 and len(asm) == 0  # taken means forgotten
+
+
+def test_tls12_certificate_alpn_and_cipher(cert, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    flight = handshake(cert, tmp_path, version=ssl.TLSVersion.TLSv1_2, alpn=("http/1.1",))
+    asm, info = run(chunks(flight))
+    assert info is not None
+    assert info.version == "TLS 1.2"
+    assert info.cipher == "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"
+    assert info.alpn == "http/1.1"
+    assert info.certificate_not_after == NOT_AFTER.timestamp()
+    assert info.certificate_subject == "CN=web.podwire.test"
+    assert info.certificate_issuer == "O=podwire test CA"
+    assert info.certificate_sans == ("web.podwire.test", "alt.podwire.test", "10.1.2.3")
+    assert info.ja4 is not None and info.ja4.startswith("t12d") and info.ja4[8:10] == "h1"
+    assert asm.stats.certificates == 1 and asm.stats.errors == 0
+
+
+def test_without_sni(cert, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    flight = handshake(cert, tmp_path, sni=None)
+    _, info = run(chunks(flight))
+    assert info is not None and info.server_name is None
+    assert info.ja4 is not None and info.ja4[3] == "i" and info.ja4[8:10] == "00"
+
+
+def test_ja3_is_md5_of_the_wire_fields(cert, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from podwire.tls import fingerprints
+    from podwire.tls.handshake import parse_client_hello
+
+    flight = handshake(cert, tmp_path)
+    body = flight.client[0][9:]  # record header (5) + handshake header (4)
+    hello = parse_client_hello(body)
+    text = fingerprints.ja3_string(hello)
+    assert text.startswith("771,4866-4867-4865-")  # legacy version 0x0303, TLS 1.3 suites first
+    _, info = run(chunks(flight))
+    assert info is not None and info.ja3 == hashlib.md5(text.encode()).hexdigest()
+
+
+def test_client_hello_split_anywhere_gives_the_same_facts(cert, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    flight = handshake(cert, tmp_path, version=ssl.TLSVersion.TLSv1_2, alpn=("h2",))
+    _, whole = run(chunks(flight))
+    size = len(flight.client[0])
+    for split in range(1, size, 7):
+        asm, info = run(chunks(flight, split=split))
+        assert info == whole, split
+        assert asm.stats.errors == 0
+
+
+def test_retransmission_is_trimmed_and_a_gap_without_record_start_is_dropped(cert, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    flight = handshake(cert, tmp_path)
+    first = chunks(flight, split=100)
+    hello_a, hello_b = first[0], first[1]
+    # retransmitted first part, then overlapping second part
+    overlap = TlsChunk(
+        1.0, 7, CLIENT, SERVER, CPORT, SPORT, hello_b.seq - 10, hello_a.payload[-10:] + hello_b.payload
+    )
+    asm, info = run([hello_a, hello_a, overlap, *first[2:]])
+    assert info is not None and info.server_name == "web.podwire.test"
+    # the second part alone, before the first: a gap, dropped and counted
+    asm, info = run([hello_b])
+    assert asm.stats.not_handshake == 1 and info is None
+    asm, info = run(
+        [
+            hello_a,
+            first[2],
+            TlsChunk(1.0, 7, CLIENT, SERVER, CPORT, SPORT, hello_b.seq + 5, hello_b.payload[5:]),
+        ]
+    )
+    assert asm.stats.gap == 1
+
+
+def test_byte_bound_gives_up_and_counts(cert, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    flight = handshake(cert, tmp_path, version=ssl.TLSVersion.TLSv1_2)
+    assert len(flight.client[0]) < 300 < sum(map(len, flight.server))
+    asm, info = run(chunks(flight), TlsLimits(max_handshake_bytes=300))
+    assert asm.stats.oversize == 1  # the server's flight, given up
+    assert info is not None and info.server_name == "web.podwire.test"
+    assert info.version is None and info.certificate_not_after is None
+    asm, info = run(chunks(flight), TlsLimits(max_handshake_bytes=100))
+    assert asm.stats.oversize == 2 and info is None
+
+
+def test_connection_bound_and_expiry(cert, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    flight = handshake(cert, tmp_path)
+    asm = TlsAssembler(TlsLimits(max_connections=2, ttl_s=10.0))
+    for cport in (1, 2, 3):
+        asm.feed(chunks(flight, cport=cport))
+    assert len(asm) == 2 and asm.stats.evicted == 1
+    assert asm.take(record(cport=1)) is None  # the oldest went
+    assert asm.take(record(cport=2)) is not None
+    asm.expire(5.0)
+    assert len(asm) == 1
+    asm.expire(100.0)
+    assert len(asm) == 0 and asm.stats.expired == 1
+
+
+def test_other_point_or_port_does_not_join(cert, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    flight = handshake(cert, tmp_path)
+    asm = TlsAssembler()
+    asm.feed(chunks(flight))
+    assert asm.take(record(point=8)) is None
+    assert asm.take(record(cport=CPORT + 1)) is None
+    assert asm.take(record()) is not None
