@@ -1,4 +1,4 @@
-"""House rule: rooms follow the flow capture -> tracker -> identity -> telemetry -> views, and
+"""House rule: rooms follow the flow capture -> tracker -> tls -> identity -> telemetry -> views, and
 nothing imports upstream (a room may import the rooms before it, never those after it)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "podwire"
-FLOW = ("capture", "tracker", "identity", "telemetry", "views")
+FLOW = ("capture", "tracker", "tls", "identity", "telemetry", "views")
 
 
 def _imported_rooms(path: Path) -> set[str]:
