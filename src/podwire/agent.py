@@ -360,12 +360,15 @@ class Agent:
     ) -> None:
         from podwire.identity import build_service
         from podwire.telemetry.export import METRICS_CONTENT_TYPE, Telemetry
+        from podwire.views.api import Views
         from podwire.views.http import HttpLimits, HttpServer, health_routes, metrics_route
+        from podwire.views.store import ConnectionStore, StoreLimits
 
         self.settings = settings
         self.identity = build_service(settings)
         self.telemetry = Telemetry(settings)
-        sinks: list[Sink] = [*self.telemetry.sinks, *extra_sinks]
+        self.store = ConnectionStore(StoreLimits.from_settings(settings))
+        sinks: list[Sink] = [*self.telemetry.sinks, self.store, *extra_sinks]
         namespaces = list(netns_list) if netns_list is not None else [settings.netns]
         if len(namespaces) > 1:
             lock = threading.Lock()
@@ -393,6 +396,8 @@ class Agent:
         self.http = HttpServer(*settings.listen, HttpLimits.from_settings(settings))
         health_routes(self.http, self.ready)
         metrics_route(self.http, self.telemetry.metrics_text, METRICS_CONTENT_TYPE)
+        self.views = Views.from_settings(settings, self.store)
+        self.views.register(self.http)
 
     def _identity_snapshot(self) -> AgentSnapshot:
         return AgentSnapshot(identity_misses=self.identity.stats().index.lookups_missed)

@@ -37,6 +37,23 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, number
 
 
+def parse_peers(text: str) -> tuple[str, ...]:
+    """`host:port,host:port` -> peer agents as `host:port` (IPv6 as `[addr]:port`)."""
+    out: list[str] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        host, port = parse_listen(part)
+        out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    if len(out) > 1000:
+        raise ValueError("at most 1000 peers (the fan-out is for small clusters)")
+    return tuple(out)
+
+
+def _label_selector(text: str) -> str:
+    if len(text) > 1000 or "\n" in text:
+        raise ValueError("a label selector on one line, at most 1000 characters")
+    return text.strip()
+
+
 def parse_cidr_names(text: str) -> tuple[tuple[str, str], ...]:
     """`10.96.0.0/12=cluster-services,0.0.0.0/0=internet` -> ((cidr, name), ...)."""
     out: list[tuple[str, str]] = []
@@ -188,6 +205,17 @@ class Settings:
     label_client_port: bool = False
     max_series: int = 20_000
     export_queue_size: int = 8192
+    # views (views/store.py, views/fanout.py)
+    views_window_s: float = 900.0
+    views_max_connections: int = 20_000
+    views_max_edges: int = 5_000
+    views_peers: tuple[str, ...] = ()
+    views_peer_selector: str = ""
+    views_peer_namespace: str = "podwire"
+    views_peer_port: int = 0  # 0: the same port as this agent's listener
+    views_peer_timeout_s: float = 2.0
+    views_fanout_concurrency: int = 8
+    views_max_peers: int = 64
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> Settings:
@@ -236,6 +264,16 @@ _FIELDS: dict[str, Callable[[str], Any]] = {
     "label_client_port": _bool,
     "max_series": _positive_int,
     "export_queue_size": _positive_int,
+    "views_window_s": _float_in(1.0, 86_400.0),
+    "views_max_connections": _int_in(1, 1_000_000),
+    "views_max_edges": _int_in(1, 100_000),
+    "views_peers": parse_peers,
+    "views_peer_selector": _label_selector,
+    "views_peer_namespace": _label_selector,
+    "views_peer_port": _int_in(0, 65535),
+    "views_peer_timeout_s": _float_in(0.1, 30.0),
+    "views_fanout_concurrency": _int_in(1, 64),
+    "views_max_peers": _int_in(1, 1000),
 }
 
 

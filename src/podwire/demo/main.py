@@ -51,6 +51,8 @@ def run(settings: Settings, duration: float | None, tui: bool) -> int:
                 try:
                     host, port = agent.http.address
                     title = f"podwire demo: {len(cluster.pods)} pods on {len(cluster.nodes)} nodes, http://{host}:{port}"
+                    shown = f"[{host}]" if ":" in host else host
+                    print(f"podwire demo: live service map at http://{shown}:{port}/", flush=True)
                     _show(edges, title, duration, tui, stop)
                 finally:
                     running.stop()

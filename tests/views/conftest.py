@@ -1,0 +1,1 @@
+from tests.live.conftest import *  # noqa: F403  (cluster fixtures and the leftover check)
