@@ -11,7 +11,7 @@ a shared machine inflates them less than wall time would.  Also measured:
   * per segment kind (all SYNs, then all SYN-ACKs, ...);
   * a SYN flood (a new 4-tuple per SYN, small half-open table: the eviction path);
   * expire() per expired half-open entry (builds its TIMEOUT record);
-  * calibration: the cost of one frozen-dataclass ConnectionRecord(...) and the load
+  * calibration: the cost of one ConnectionRecord(...) (a frozen msgspec Struct) and the load
     average, to compare runs on different or busy machines.
 Prints a table and writes benchmarks/results/tracker_rate.json.
 """
@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from podwire.model import ACK, FIN, SYN, CloseInitiator, ConnectionRecord, Endpoint, Outcome, Segment
-from podwire.tracker.tracker import FAST_CONSTRUCTORS, Tracker, TrackerLimits
+from podwire.tracker.tracker import Tracker, TrackerLimits
 
 CLIENT = bytes([10, 0, 0, 1])
 SERVER = bytes([10, 0, 0, 2])
@@ -182,13 +182,12 @@ def main() -> int:
         "us_per_second_fin": kinds[3] / n * 1e6,
         "us_per_syn_flood_segment": flood_s / n * 1e6,
         "us_per_expired_half_open": expire_s / n * 1e6,
-        "calibration_us_frozen_record_init": frozen_record_us(),
+        "calibration_us_record_init": frozen_record_us(),
         "load_average_1m": os.getloadavg()[0],
     }
     print(
         f"tracker_rate: {n} connections, best of {repeat}, CPU time, "
-        f"{platform.python_implementation()} {platform.python_version()}, "
-        f"fast constructors: {FAST_CONSTRUCTORS}"
+        f"{platform.python_implementation()} {platform.python_version()}"
     )
     print(f"{'figure':<36}{'value':>14}")
     for name, value in rows.items():
@@ -202,7 +201,6 @@ def main() -> int:
         "python": sys.version.split()[0],
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
-        "fast_constructors": FAST_CONSTRUCTORS,
         **{k: round(v, 4) for k, v in rows.items()},
         "target_us_per_lifecycle": 5.0,
     }

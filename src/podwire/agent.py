@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import signal
 import socket
@@ -17,6 +16,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, TextIO
+
+import msgspec
 
 from podwire import log
 from podwire.config import ConfigError, Settings
@@ -134,7 +135,7 @@ class Pipeline:
             if tls is not None:
                 info = tls.take(event)
                 if info is not None:
-                    event = dataclasses.replace(event, tls=info)
+                    event = msgspec.structs.replace(event, tls=info)
             # who held each address when the connection started (as identity.name_connection)
             at = event.start_time if event.start_time is not None else event.end_time
             named = NamedConnection(

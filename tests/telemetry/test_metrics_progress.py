@@ -3,9 +3,9 @@ bytes rise while open and the close adds only the rest; RTT, min RTT, retransmit
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 
+import msgspec
 import pytest
 
 from podwire.config import Settings
@@ -60,7 +60,7 @@ WEB, DB = pod("web"), pod("db", kind="StatefulSet")
 def test_bytes_rise_with_progress_and_the_close_adds_only_the_rest(
     receiver: OtlpReceiver, tel: Telemetry
 ) -> None:
-    rec = dataclasses.replace(record(Outcome.CLOSED, Side.CLIENT, c2s=10_000, s2c=700), retransmits=3)
+    rec = msgspec.structs.replace(record(Outcome.CLOSED, Side.CLIENT, c2s=10_000, s2c=700), retransmits=3)
     tel.metrics.on_opened(opened_for(rec), WEB, DB)
     tel.metrics.on_progress(progress_of(rec, 4_000, 100, retrans=1), WEB, DB)
     assert bytes_by_direction(receiver, tel) == {n.CLIENT_TO_SERVER: 4_000, n.SERVER_TO_CLIENT: 100}
@@ -83,7 +83,7 @@ def test_bytes_rise_with_progress_and_the_close_adds_only_the_rest(
 def test_the_uncounted_end_adds_only_its_own_retransmits(receiver: OtlpReceiver, tel: Telemetry) -> None:
     # the same connection at the server's veth of the same node: the client's veth counts it
     rec_c = record(Outcome.CLOSED, Side.CLIENT, point=3, c2s=50, s2c=60)
-    rec_s = dataclasses.replace(rec_c, point=4, observed_side=Side.SERVER, retransmits=5)
+    rec_s = msgspec.structs.replace(rec_c, point=4, observed_side=Side.SERVER, retransmits=5)
     tel.metrics.on_opened(opened_for(rec_c), WEB, DB)
     tel.metrics.on_progress(progress_of(rec_c, 50, 60), WEB, DB)
     tel.metrics.on_progress(progress_of(rec_s, 50, 60, retrans=4), WEB, DB)
@@ -100,7 +100,7 @@ def test_a_connection_older_than_the_agent_counts_its_progress_once(
     receiver: OtlpReceiver, tel: Telemetry
 ) -> None:
     rec = record(Outcome.CLOSED, Side.CLIENT, c2s=300, s2c=40)
-    rec = dataclasses.replace(
+    rec = msgspec.structs.replace(
         rec, client_isn=None, server_isn=None, start_time=None, started_before_capture=True
     )
     tel.metrics.on_progress(progress_of(rec, 200, 40), WEB, DB)

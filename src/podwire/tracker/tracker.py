@@ -78,8 +78,8 @@ Semantics (the contract other rooms rely on):
 
 Hot-path notes: `feed` returns the shared empty tuple when nothing is emitted; phases are
 OrderedDicts (insertion order = time order, O(1) pops from the front, where a plain dict's
-`next(iter(d))` degrades to O(n) after many front deletions); records are built through
-a same-layout twin class (see below) because frozen dataclass __init__ costs ~3 us.
+`next(iter(d))` degrades to O(n) after many front deletions); records are frozen
+msgspec Structs (model.py), built in ~0.2 us.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from podwire.model import (
     ACK,
@@ -113,7 +113,7 @@ from podwire.tracker.transitions import N_EVENTS, RULES, Event, Rule, State
 if TYPE_CHECKING:
     from podwire.config import Settings
 
-__all__ = ["Events", "Tracker", "TrackerLimits", "TrackerStats", "checked_maker", "twin_class"]
+__all__ = ["Events", "Tracker", "TrackerLimits", "TrackerStats"]
 
 Events = tuple[ConnectionEvent, ...]
 Key = tuple[int, bytes, bytes, int, int]  # (point, client addr, server addr, client port, server port)
@@ -185,175 +185,6 @@ class TrackerStats:
     @property
     def evictions_total(self) -> int:
         return sum(self.evictions.values())
-
-
-# --- fast constructors for the frozen, slotted value types -----------------------------
-# A frozen dataclass __init__ goes through object.__setattr__ per field: ~2.8 us for the 17
-# fields of ConnectionRecord, more than the rest of a connection's tracking.  Instead we fill
-# a plain "twin" class with the same __slots__ (plain attribute stores) and then assign
-# __class__, which Python allows between classes of identical layout.  The result IS a
-# ConnectionRecord (type, ==, hash, frozenness), built in ~0.4 us.  If the model's fields
-# ever change, or the layouts stop matching, we fall back to the real constructors.
-
-_RECORD_FIELDS = (
-    "point", "client", "server", "network_type", "start_time", "end_time", "duration_s",
-    "outcome", "close_initiator", "bytes_client_to_server", "bytes_server_to_client",
-    "handshake_rtt_s", "started_before_capture", "client_guessed", "client_isn", "server_isn",
-    "observed_side", "rtt_s", "min_rtt_s", "retransmits",
-)  # fmt: skip
-_OPENED_FIELDS = (
-    "point", "client", "server", "start_time", "handshake_rtt_s", "client_isn", "server_isn",
-    "observed_side",
-)  # fmt: skip
-_ENDPOINT_FIELDS = ("address", "port")
-
-
-def _twin(cls: type, names: tuple[str, ...]) -> type | None:
-    """A mutable class with cls's slot layout, or None if cls is not the expected shape."""
-    if tuple(f.name for f in dataclasses.fields(cls)) != names or cls.__mro__[1:] != (object,):
-        return None
-    if getattr(cls, "__slots__", None) != names:
-        return None
-    return type("_" + cls.__name__ + "Twin", (), {"__slots__": names})
-
-
-def _record_maker() -> Callable[..., ConnectionRecord]:
-    twin = _twin(ConnectionRecord, _RECORD_FIELDS)
-    if twin is None:
-        return ConnectionRecord
-    new = object.__new__
-    cls = ConnectionRecord
-
-    def make(
-        point: int, client: Endpoint, server: Endpoint, network_type: str, start_time: float | None,
-        end_time: float | None, duration_s: float | None, outcome: Outcome,
-        close_initiator: CloseInitiator | None, bytes_client_to_server: int | None,
-        bytes_server_to_client: int | None, handshake_rtt_s: float | None,
-        started_before_capture: bool, client_guessed: bool, client_isn: int | None,
-        server_isn: int | None, observed_side: Side | None, rtt_s: float | None = None,
-        min_rtt_s: float | None = None, retransmits: int | None = None,
-    ) -> ConnectionRecord:  # fmt: skip
-        o: Any = new(twin)
-        o.point = point
-        o.client = client
-        o.server = server
-        o.network_type = network_type
-        o.start_time = start_time
-        o.end_time = end_time
-        o.duration_s = duration_s
-        o.outcome = outcome
-        o.close_initiator = close_initiator
-        o.bytes_client_to_server = bytes_client_to_server
-        o.bytes_server_to_client = bytes_server_to_client
-        o.handshake_rtt_s = handshake_rtt_s
-        o.started_before_capture = started_before_capture
-        o.client_guessed = client_guessed
-        o.client_isn = client_isn
-        o.server_isn = server_isn
-        o.observed_side = observed_side
-        o.rtt_s = rtt_s
-        o.min_rtt_s = min_rtt_s
-        o.retransmits = retransmits
-        o.__class__ = cls
-        return o  # type: ignore[no-any-return]
-
-    return make
-
-
-def _opened_maker() -> Callable[..., ConnectionOpened]:
-    twin = _twin(ConnectionOpened, _OPENED_FIELDS)
-    if twin is None:
-        return ConnectionOpened
-    new = object.__new__
-    cls = ConnectionOpened
-
-    def make(
-        point: int, client: Endpoint, server: Endpoint, start_time: float | None,
-        handshake_rtt_s: float | None, client_isn: int | None, server_isn: int | None,
-        observed_side: Side | None,
-    ) -> ConnectionOpened:  # fmt: skip
-        o: Any = new(twin)
-        o.point = point
-        o.client = client
-        o.server = server
-        o.start_time = start_time
-        o.handshake_rtt_s = handshake_rtt_s
-        o.client_isn = client_isn
-        o.server_isn = server_isn
-        o.observed_side = observed_side
-        o.__class__ = cls
-        return o  # type: ignore[no-any-return]
-
-    return make
-
-
-def _endpoint_maker() -> Callable[[str, int], Endpoint]:
-    twin = _twin(Endpoint, _ENDPOINT_FIELDS)
-    if twin is None:
-        return Endpoint
-    new = object.__new__
-    cls = Endpoint
-
-    def make(address: str, port: int) -> Endpoint:
-        o: Any = new(twin)
-        o.address = address
-        o.port = port
-        o.__class__ = cls
-        return o  # type: ignore[no-any-return]
-
-    return make
-
-
-def _checked(maker: Callable[..., Any], cls: type, sample: tuple[Any, ...]) -> Callable[..., Any]:
-    """Use the fast maker only if it builds an object equal to the real constructor's."""
-    try:
-        if maker is not cls and maker(*sample) == cls(*sample):
-            return maker
-    except TypeError:  # layouts differ: __class__ assignment refused
-        pass
-    return cls
-
-
-_EP = Endpoint("0.0.0.0", 0)
-_make_endpoint: Callable[[str, int], Endpoint] = _checked(_endpoint_maker(), Endpoint, ("0.0.0.0", 0))
-_make_opened: Callable[..., ConnectionOpened] = _checked(
-    _opened_maker(), ConnectionOpened, (0, _EP, _EP, 1.0, 0.5, 1, 2, Side.CLIENT)
-)
-_make_record: Callable[..., ConnectionRecord] = _checked(
-    _record_maker(),
-    ConnectionRecord,
-    (
-        0,
-        _EP,
-        _EP,
-        "ipv4",
-        1.0,
-        2.0,
-        1.0,
-        Outcome.CLOSED,
-        None,
-        1,
-        2,
-        0.5,
-        False,
-        False,
-        1,
-        2,
-        None,
-        0.1,
-        0.05,
-        3,
-    ),
-)
-# The same trick for other frozen value types on the hot path (the agent's NamedConnection).
-twin_class = _twin
-checked_maker = _checked
-
-FAST_CONSTRUCTORS = (
-    _make_record is not ConnectionRecord
-    and _make_opened is not ConnectionOpened
-    and _make_endpoint is not Endpoint
-)
 
 
 def address_text(addr: bytes) -> str:
@@ -764,7 +595,7 @@ class Tracker:
         if ep is None:
             if len(cache) >= _ENDPOINT_CACHE:
                 cache.clear()
-            ep = cache[k] = _make_endpoint(self._text(addr), port)
+            ep = cache[k] = Endpoint(self._text(addr), port)
         return ep
 
     def _endpoints_of(self, entry: _Entry) -> tuple[Endpoint, Endpoint]:
@@ -774,15 +605,9 @@ class Tracker:
             # A client's ephemeral port rarely repeats within the cache's reach: only its text is
             # cached (keeping its Endpoint would hold one more object per connection alive).
             _, caddr, saddr, cport, sport = entry.key
-            client = entry.client = _make_endpoint(self._texts.get(caddr) or self._text(caddr), cport)
+            client = entry.client = Endpoint(self._texts.get(caddr) or self._text(caddr), cport)
             server = entry.server = self._endpoints.get((saddr, sport)) or self._endpoint(saddr, sport)
         return client, server
-
-    def _opened(self, entry: _Entry) -> ConnectionOpened:
-        client, server = self._endpoints_of(entry)
-        return _make_opened(
-            entry.key[0], client, server, entry.start, entry.rtt, entry.cisn, entry.sisn, entry.side
-        )
 
     def _record(
         self, entry: _Entry, outcome: Outcome, end: float | None, initiator: CloseInitiator | None
@@ -823,7 +648,7 @@ class Tracker:
                 s2c = _unwrap(s2c, live.s2c) - live.base_s2c
         start = entry.start
         key = entry.key
-        return _make_record(
+        return ConnectionRecord(
             key[0],
             client,
             server,
@@ -975,7 +800,7 @@ class Tracker:
         return (old,)
 
     def _do_open(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
-        assert entry is not None and entry.cisn is not None
+        assert entry is not None and entry.cisn is not None and entry.start is not None  # half-open
         if ((seg.ack - entry.cisn - 1) & _MASK) > entry.syn_len:  # TFO: may ack the SYN's data
             return self._anomaly("ack_mismatch")  # answers some other SYN
         ts = seg.ts
@@ -987,7 +812,7 @@ class Tracker:
         entry.since = ts
         client, server = self._endpoints_of(entry)
         return (
-            _make_opened(
+            ConnectionOpened(
                 entry.key[0], client, server, entry.start, entry.rtt, entry.cisn, seg.seq, entry.side
             ),
         )
@@ -998,9 +823,11 @@ class Tracker:
         key = self._new_key(seg, False)  # the SYN-ACK's sender is the server
         if entry is not None and entry.sisn == seg.seq and entry.key == key:
             return self._anomaly("late_synack")
-        new = _Entry(key, _ESTABLISHED, seg.ts, (seg.ack - 1) & _MASK, seg.seq, _side(seg.from_local, False))
+        cisn = (seg.ack - 1) & _MASK
+        new = _Entry(key, _ESTABLISHED, seg.ts, cisn, seg.seq, _side(seg.from_local, False))
         self._admit(new, self._established)
-        return (self._opened(new),)
+        client, server = self._endpoints_of(new)
+        return (ConnectionOpened(key[0], client, server, seg.ts, None, cisn, seg.seq, new.side),)
 
     def _do_dup_synack(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
         assert entry is not None
