@@ -9,7 +9,7 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 runtime_pkgs=(libpcap0.8 iproute2 nftables nginx-light curl python3-venv)
-test_pkgs=(tshark tcpdump prometheus ca-certificates)  # tshark: the oracle; prometheus: promtool and PromQL checks
+test_pkgs=(tshark tcpdump prometheus ca-certificates chromium)  # tshark: the oracle; prometheus: promtool and PromQL checks; chromium: the live page (tests/views)
 
 need=()
 for p in "${runtime_pkgs[@]}" $([ $want_test = 1 ] && echo "${test_pkgs[@]}"); do
