@@ -3,7 +3,8 @@
 churn.py measures the agent's capture thread against real traffic, so its figure also holds the
 machine's noise (other processes, cold caches after each wake-up).  This script replays the same
 path on frames laid out in memory exactly as the kernel lays out a TPACKET_V3 ring (block
-descriptors, tpacket3_hdr, sockaddr_ll, frames at tp_mac 82), so a change to the hot path can be
+descriptors, tpacket3_hdr, sockaddr_ll with ifindex, hatype and pkttype, frames at tp_mac 82),
+so a change to the hot path can be
 compared in seconds, A/B, with little noise:
 
   * N connections, each as churn.py makes them: client SYN, server SYN-ACK, server FIN with
@@ -35,7 +36,7 @@ import time
 from pathlib import Path
 
 from podwire.agent import CollectingSink, Pipeline, settle_heap
-from podwire.capture.afpacket import PACKET_OUTGOING, TP_STATUS_USER, RingSocket
+from podwire.capture.afpacket import ARPHRD_ETHER, PACKET_OUTGOING, TP_STATUS_USER, RingSocket
 from podwire.capture.decode import Decoder
 from podwire.config import Settings
 from podwire.identity import build_service
@@ -89,7 +90,7 @@ def connections(n: int) -> list[tuple[bytes, int]]:
 class Ring:
     """Blocks of frames in an anonymous mapping, handed to user space as the kernel does."""
 
-    def __init__(self, frames: list[tuple[bytes, int]], per_block: int) -> None:
+    def __init__(self, frames: list[tuple[bytes, int]], per_block: int, ifindex: int = 5) -> None:
         self.blocks = (len(frames) + per_block - 1) // per_block
         self.map = mmap.mmap(-1, BLOCK * self.blocks)
         self._headers: list[tuple[int, int]] = []
@@ -103,7 +104,7 @@ class Ring:
                     raise ValueError("--per-block too large for a 256 KiB block")
                 ts = t0 + (b * per_block + j) * 20_000
                 _FRAME.pack_into(self.map, pos, nxt, ts // 10**9, ts % 10**9, len(buf), len(buf), 1, MAC)
-                self.map[pos + 58] = pkttype
+                struct.pack_into("=iHB", self.map, pos + 52, ifindex, ARPHRD_ETHER, pkttype)
                 self.map[pos + MAC : pos + MAC + len(buf)] = buf
                 pos += nxt
             self._headers.append((base, len(chunk)))
@@ -112,23 +113,24 @@ class Ring:
         for base, num in self._headers:
             struct.pack_into("=III", self.map, base + 8, TP_STATUS_USER, num, FIRST)
 
-    def socket(self, ifindex: int) -> RingSocket:
+    def socket(self) -> RingSocket:
         # drain() only touches the mapping and its cursor while blocks are ready: no socket needed.
         rs = object.__new__(RingSocket)
-        rs._ring, rs._block_size, rs._block_nr, rs._block, rs.ifindex = (
+        rs._ring, rs._block_size, rs._block_nr, rs._block, rs.unknown_link = (
             self.map,
             BLOCK,
             self.blocks,
             0,
-            ifindex,
+            0,
         )
         return rs
 
 
 def run_once(ring: Ring, n: int, stage: str, settings: Settings, resolver: object) -> float:
     ring.hand_over()
-    rs = ring.socket(5)
+    rs = ring.socket()
     decoder = Decoder()
+    decoders = {ARPHRD_ETHER: decoder.ethernet}
     sink = CollectingSink()
     tracker = Tracker(TrackerLimits.from_settings(settings))
     pipeline = Pipeline(tracker, resolver, [sink])  # type: ignore[arg-type]
@@ -136,7 +138,7 @@ def run_once(ring: Ring, n: int, stage: str, settings: Settings, resolver: objec
     t0 = time.thread_time()
     for _ in range(ring.blocks):
         segments: list[Segment] = []
-        rs.drain(decoder.ethernet, segments, 1, decoder.stats)
+        rs.drain(decoders, segments, 1, decoder.stats)
         batch = Batch(segments, decoder.take_dns())
         if stage == "all":
             pipeline.feed(batch)

@@ -334,6 +334,9 @@ class NodeCapture:
                 if now - last_tick >= TICK_S:
                     tick(now)
                     last_tick = now
+            # Stopping: the block the kernel is still filling holds the last ~retire_ms of
+            # connections (closed before SIGTERM); read it before the exporters flush.
+            feed(self.capture.final())
         except Exception as exc:  # a bug, not traffic (traffic never raises): report, exit non-zero
             _log.exception("capture_loop_failed")
             self.failed = repr(exc)

@@ -169,10 +169,11 @@ class Settings:
     interface_include: str = r".*"
     interface_exclude: str = r"^(lo|docker\d*|cni\d*|flannel.*|cilium_.*|kube-ipvs\d*)$"
     veth_only: bool = True  # only veths whose peer lives in another netns
-    # 4 MiB per interface.  A block goes to user space when full or `ring_retire_ms` after its first
-    # frame, so on a quiet interface each block may hold one frame: blocks x retire is how long the
-    # capture thread may stall (GC, a metrics collection) before sparse traffic is dropped.
-    ring_block_kib: int = 128
+    # One ring per network namespace, shared by every pod (8 MiB, not per pod).  A block goes to user
+    # space when full or within `ring_retire_ms` of its first frame, so with sparse traffic each block
+    # may hold one frame: blocks x retire is how long the capture thread may stall (GC, a metrics
+    # collection) before sparse traffic is dropped.
+    ring_block_kib: int = 256
     ring_blocks: int = 32
     ring_retire_ms: int = 100
     # tracker

@@ -49,8 +49,16 @@ def _load(pkt: bytes, off: int, size: int) -> int:
     return pkt[off]
 
 
-def run(prog: tuple[tuple[int, int, int, int], ...] | list[tuple[int, int, int, int]], pkt: bytes) -> int:
-    """The filter's return value for `pkt`: 0 rejects, otherwise the number of bytes to keep."""
+SKF_AD_OFF = 0xFFFFF000  # ancillary loads (k = SKF_AD_OFF + n, unsigned)
+SKF_AD_IFINDEX = 8
+
+
+def run(
+    prog: tuple[tuple[int, int, int, int], ...] | list[tuple[int, int, int, int]],
+    pkt: bytes,
+    ifindex: int = 0,
+) -> int:
+    """The filter's return value for `pkt` seen on `ifindex`: 0 rejects, else the bytes to keep."""
     a = x = 0
     mem = [0] * 16
     pc = 0
@@ -63,6 +71,8 @@ def run(prog: tuple[tuple[int, int, int, int], ...] | list[tuple[int, int, int, 
                 mode, size = code & 0xE0, code & 0x18
                 if mode == IMM:
                     a = k
+                elif mode == ABS and k == SKF_AD_OFF + SKF_AD_IFINDEX:
+                    a = ifindex
                 elif mode == ABS:
                     a = _load(pkt, k, size)
                 elif mode == IND:

@@ -14,13 +14,20 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from podwire.capture.afpacket import PACKET_OUTGOING, TP_STATUS_KERNEL, TP_STATUS_USER, RingSocket
+from podwire.capture.afpacket import (
+    ARPHRD_ETHER,
+    PACKET_OUTGOING,
+    TP_STATUS_KERNEL,
+    TP_STATUS_USER,
+    RingSocket,
+)
 from podwire.capture.decode import Decoder
 from podwire.model import Segment
 from tests.capture.test_decode import A4, B4, CASES, ETH, frame
 
 BLOCK = 64 * 1024
 FIRST = 48  # offset_to_first_pkt: right after the block descriptor
+ARPHRD_NONE = 65534  # tun: no link header
 MAC = 82  # tp_mac the kernel uses for Ethernet: TPACKET_ALIGN(68 + 16) - 14
 _FRAME = struct.Struct("=IIIIIIH")
 
@@ -52,8 +59,8 @@ def _frames() -> list[bytes]:
     return out
 
 
-def _ring(blocks: list[list[tuple[bytes, int]]]) -> mmap.mmap:
-    """Blocks of (frame, sll_pkttype), handed to user space as the kernel does."""
+def _ring(blocks: list[list[tuple[bytes, int]]], ifindex: int = 9, hatype: int = ARPHRD_ETHER) -> mmap.mmap:
+    """Blocks of (frame, sll_pkttype) seen on `ifindex`, handed to user space as the kernel does."""
     ring = mmap.mmap(-1, BLOCK * len(blocks))
     for b, frames in enumerate(blocks):
         base = b * BLOCK
@@ -61,17 +68,17 @@ def _ring(blocks: list[list[tuple[bytes, int]]]) -> mmap.mmap:
         for i, (buf, pkttype) in enumerate(frames):
             nxt = (MAC + len(buf) + 15) & ~15 if i < len(frames) - 1 else 0
             _FRAME.pack_into(ring, pos, nxt, 1_700_000_000 + i, 250_000_000, len(buf), len(buf), 1, MAC)
-            ring[pos + 48 + 10] = pkttype
+            struct.pack_into("=iHB", ring, pos + 48 + 4, ifindex, hatype, pkttype)
             ring[pos + MAC : pos + MAC + len(buf)] = buf
             pos += nxt
         struct.pack_into("=III", ring, base + 8, TP_STATUS_USER, len(frames), FIRST)
     return ring
 
 
-def _socket_over(ring: mmap.mmap, blocks: int, ifindex: int) -> RingSocket:
+def _socket_over(ring: mmap.mmap, blocks: int) -> RingSocket:
     # drain() only touches the mapping and its cursor; no socket needed while blocks are ready.
     rs = object.__new__(RingSocket)
-    rs._ring, rs._block_size, rs._block_nr, rs._block, rs.ifindex = ring, BLOCK, blocks, 0, ifindex
+    rs._ring, rs._block_size, rs._block_nr, rs._block, rs.unknown_link = ring, BLOCK, blocks, 0, 0
     return rs
 
 
@@ -84,7 +91,7 @@ def test_drain_yields_what_decoder_ethernet_yields_for_every_frame(inline: bool)
     ring = _ring(blocks)
     d = Decoder()
     out: list[Segment] = []
-    seen = _socket_over(ring, 2, 9).drain(d.ethernet, out, 0, d.stats if inline else None)
+    seen = _socket_over(ring, 2).drain({ARPHRD_ETHER: d.ethernet}, out, 0, d.stats if inline else None)
 
     ref = Decoder()
     expected = []
@@ -105,7 +112,7 @@ def test_drain_yields_what_decoder_ethernet_yields_for_every_frame(inline: bool)
 def test_drain_stops_at_max_blocks_and_resumes_at_the_next_block_decoding_inline() -> None:
     # What Linux sends (DF set, TCP options): the inline path takes it; the decoder is never called.
     buf = frame(ETH / IP(src=A4, dst=B4, flags="DF") / TCP(flags="S", options=[("MSS", 1460)]))
-    ring = _ring([[(buf, 0)], [(buf, 0), (buf, PACKET_OUTGOING)], [(buf, 0)]])
+    ring = _ring([[(buf, 0)], [(buf, 0), (buf, PACKET_OUTGOING)], [(buf, 0)]], ifindex=4)
     d = Decoder()
     called: list[int] = []
 
@@ -113,11 +120,34 @@ def test_drain_stops_at_max_blocks_and_resumes_at_the_next_block_decoding_inline
         called.append(1)
         return d.ethernet(*args)
 
-    rs = _socket_over(ring, 3, 4)
+    rs = _socket_over(ring, 3)
     out: list[Segment] = []
-    assert rs.drain(decode, out, 2, d.stats) == 3
+    assert rs.drain({ARPHRD_ETHER: decode}, out, 2, d.stats) == 3
     assert len(out) == 3
-    assert rs.drain(decode, out, 2, d.stats) == 1
+    assert rs.drain({ARPHRD_ETHER: decode}, out, 2, d.stats) == 1
+    assert {s.point for s in out} == {4}
     assert [s.from_local for s in out] == [True, True, False, True]
     assert len(out) == 4 and d.stats.frames == d.stats.segments == 4
     assert not called
+
+
+def test_each_frame_goes_to_the_decoder_of_its_link_type_with_its_own_interface() -> None:
+    # One ring for the whole namespace: the capture point and the link type come from each
+    # frame's sockaddr_ll, not from the socket.
+    syn = TCP(sport=40000, dport=80, flags="S", seq=1000)
+    eth = frame(ETH / IP(src=A4, dst=B4, flags="DF") / syn)
+    raw_ip = bytes(IP(src=A4, dst=B4) / syn)
+    blocks = [
+        _ring([[(eth, 0)]], ifindex=7),
+        _ring([[(raw_ip, PACKET_OUTGOING)]], ifindex=12, hatype=ARPHRD_NONE),
+        _ring([[(eth, 0)]], ifindex=13, hatype=0xFFFF),  # a link type nobody decodes
+    ]
+    ring = mmap.mmap(-1, BLOCK * 3)
+    for b, one in enumerate(blocks):
+        ring[b * BLOCK : (b + 1) * BLOCK] = one[:]
+    d = Decoder()
+    rs = _socket_over(ring, 3)
+    out: list[Segment] = []
+    assert rs.drain({ARPHRD_ETHER: d.ethernet, ARPHRD_NONE: d.raw}, out, 0, d.stats) == 3
+    assert [(s.point, s.from_local, s.sport) for s in out] == [(7, True, 40000), (12, False, 40000)]
+    assert rs.unknown_link == 1

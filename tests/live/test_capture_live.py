@@ -470,3 +470,122 @@ def test_interface_moved_out_and_back_is_captured_again_within_a_second(
     subprocess.run(["ip", "-n", other, "link", "set", h0, "netns", pods.node], check=True)
     took = wait_for(capture, lambda: [c.name for c in capture.interfaces()] == [h0], 1.0)
     assert took < 1.0
+
+
+# ---- one socket and one ring per namespace -----------------------------------------------------
+
+
+def packet_sockets(ns: str) -> list[list[str]]:
+    """Rows of /proc/net/packet in `ns` (sk RefCnt Type Proto Iface R Rmem User Inode)."""
+    out = subprocess.run(in_ns(ns, "cat", "/proc/net/packet"), check=True, capture_output=True, text=True)
+    return [line.split() for line in out.stdout.splitlines()[1:]]
+
+
+def test_one_packet_socket_on_all_interfaces_whatever_the_pod_count(pods: Pods, capture: LiveCapture) -> None:
+    for _ in range(4):
+        i = pods.add_pod()
+        wait_for(capture, lambda: pods.host_ifs[i] in {c.name for c in capture.interfaces()}, 1.0)
+    rows = packet_sockets(pods.node)
+    assert len(rows) == 1 and rows[0][4] == "0"  # Iface 0: bound to every interface
+    assert capture.stats().filter_swaps == 5  # the initial set, then one per new pod
+    # Every pod is seen, each under its own interface, through the one ring.
+    e = Ether(src=POD_MAC, dst="ff:ff:ff:ff:ff:ff")
+    for i in range(5):
+        syn = e / IP(src=pods.pod_ip(i), dst=pods.node_ip(i)) / TCP(sport=5000 + i, dport=9, flags="S")
+        send_frames(pods.pods[i], "eth0", [raw(syn)])
+    segs, _ = drain(capture, 0.4)
+    assert sorted((s.sport, s.point) for s in segs) == [
+        (5000 + i, socket_ifindex(pods.node, pods.host_ifs[i])) for i in range(5)
+    ]
+
+
+def test_traffic_on_other_interfaces_never_reaches_python(pods: Pods, capture: LiveCapture) -> None:
+    # A veth with both ends in the node namespace carries control segments, the bridge (with the
+    # node's address on it) a bulk transfer to pod 0; the kernel filter keeps them out.  Only the
+    # control segments of that connection on pod 0's veth arrive.
+    pods.add_pod()
+    br = pods.add_bridge()
+    subprocess.run(["ip", "-n", pods.node, "addr", "add", "10.199.0.1/24", "dev", br], check=True)
+    local_a, local_b = pods.prefix + "la", pods.prefix + "lb"
+    subprocess.run(
+        ["ip", "-n", pods.node, "link", "add", local_a, "type", "veth", "peer", "name", local_b], check=True
+    )
+    for dev in (local_a, local_b):
+        subprocess.run(["ip", "-n", pods.node, "link", "set", dev, "up"], check=True)
+    wait_for(capture, lambda: len(capture.interfaces()) == 2, 1.0)
+    drain(capture, 0.2)
+    before = capture.stats()
+    e = Ether(src=POD_MAC, dst="ff:ff:ff:ff:ff:ff")
+    syns = [
+        raw(e / IP(src="10.9.9.1", dst="10.9.9.2") / TCP(sport=p, dport=9, flags="S")) for p in range(200)
+    ]
+    send_frames(pods.node, local_a, syns)  # (sent on the bridge they would be flooded to the pods)
+    # Bulk from the node (on the bridge) to pod 0: 32 MiB through bridge and veth h0.
+    sink = pods.start(pods.pods[0], "python3", "-c", SINK, pods.bridge_ip(0), "7000")
+    deadline = time.monotonic() + 10
+    while not subprocess.run(
+        in_ns(pods.pods[0], "ss", "-Hltn", "sport", "= :7000"), capture_output=True, text=True
+    ).stdout.strip():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    sender = pods.start(pods.node, "python3", "-c", SEND, pods.bridge_ip(0), "7000", "32")
+    segs: list[Segment] = []
+    while sender.poll() is None or sink.poll() is None:
+        assert time.monotonic() < deadline + 30
+        batch = capture.poll(0.05)
+        assert batch is not None
+        segs += batch.segments
+    more, _ = drain(capture, 0.3)
+    segs += more
+    assert sender.returncode == 0
+    h0 = socket_ifindex(pods.node, pods.host_ifs[0])
+    assert {s.point for s in segs} == {h0}  # never the bridge, never the node-local veth
+    assert all(7000 in (s.sport, s.dport) for s in segs) and 4 <= len(segs) <= 8
+    stats = capture.stats()
+    assert stats.packets - before.packets == len(segs)
+    assert stats.kernel_packets - before.kernel_packets == len(segs) and stats.kernel_drops == 0
+
+
+# ---- nothing captured is thrown away ------------------------------------------------------------
+
+
+def test_final_reads_the_block_the_kernel_is_still_filling(pods: Pods) -> None:
+    # A long retire time: the SYNs sit in a block the kernel has not handed over yet.
+    cap = LiveCapture(Settings(netns=pods.node), retire_ms=2000)
+    try:
+        e = Ether(src=POD_MAC, dst="ff:ff:ff:ff:ff:ff")
+        syns = [
+            raw(e / IP(src=pods.pod_ip(0), dst=pods.node_ip(0)) / TCP(sport=p, dport=9, flags="S"))
+            for p in range(6000, 6010)
+        ]
+        send_frames(pods.pods[0], "eth0", syns)
+        batch = cap.poll(0.05)
+        assert batch is not None and batch.segments == []  # still in the kernel's block
+        start = time.monotonic()
+        last = cap.final()
+        assert sorted(s.sport for s in last.segments) == list(range(6000, 6010))
+        assert time.monotonic() - start < 4.1 + 0.5
+        assert cap.final().segments == []  # nothing twice; an empty block costs no wait
+        assert time.monotonic() - start < 4.6
+    finally:
+        cap.close()
+
+
+def test_a_deleted_pods_last_frames_are_still_read(pods: Pods) -> None:
+    cap = LiveCapture(Settings(netns=pods.node), retire_ms=300)
+    try:
+        i = pods.add_pod()
+        wait_for(cap, lambda: len(cap.interfaces()) == 2, 1.0)
+        e = Ether(src=POD_MAC, dst="ff:ff:ff:ff:ff:ff")
+        v4 = IP(src=pods.pod_ip(i), dst=pods.node_ip(i))
+        last = [raw(e / v4 / TCP(sport=6100, dport=9, flags=f)) for f in ("S", "FA", "R")]
+        send_frames(pods.pods[i], "eth0", last)
+        subprocess.run(["ip", "netns", "del", pods.pods[i]], check=True)  # 0 ms after its last frame
+        pods.pods[i] = pods.prefix + "gone"
+        segs, _ = drain(cap, 0.8)
+        assert [(s.sport, s.flags) for s in segs] == [(6100, SYN), (6100, FIN | 0x10), (6100, RST)]
+        assert len(cap.interfaces()) == 1
+        # The veth's last full message, as its peer goes, names no peer: counted as "peer_gone".
+        assert cap.stats().interface_removals == {"peer_gone": 1}
+    finally:
+        cap.close()

@@ -1,4 +1,9 @@
-"""One AF_PACKET socket per interface, filtered in the kernel, read through a TPACKET_V3 ring.
+"""One AF_PACKET socket per network namespace, filtered in the kernel, read through a TPACKET_V3 ring.
+
+The socket listens on every interface of its namespace (bound to ifindex 0); the kernel filter
+(capture/prelude.py) keeps only frames of the pod interfaces.  Each frame's sockaddr_ll says which
+interface it was seen on (sll_ifindex: the capture point), its link type (sll_hatype: which
+decoder) and its direction (sll_pkttype).
 
 The kernel fills blocks of the shared ring with many frames and wakes us once per block (or
 after `retire_ms` when traffic is sparse); `drain()` walks every block handed to user space,
@@ -9,7 +14,7 @@ Layout (linux/if_packet.h):
       block_status u32 @8, num_pkts u32 @12, offset_to_first_pkt u32 @16, blk_len u32 @20, ...
   tpacket3_hdr: tp_next_offset u32 @0, tp_sec @4, tp_nsec @8, tp_snaplen @12, tp_len @16,
       tp_status @20, tp_mac u16 @24, tp_net u16 @26, hv1 ... (48 bytes), then sockaddr_ll
-      (TPACKET_ALIGN(48) = 48): sll_pkttype u8 @48+10.
+      (TPACKET_ALIGN(48) = 48): sll_ifindex i32 @48+4, sll_hatype u16 @48+8, sll_pkttype u8 @48+10.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import mmap
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from podwire.capture.bpf import BpfProgram
@@ -38,11 +43,13 @@ PACKET_OUTGOING: Final = 4
 TP_STATUS_KERNEL: Final = 0
 TP_STATUS_USER: Final = 1
 TP_STATUS_BLK_TMO: Final = 1 << 5
+ARPHRD_ETHER: Final = 1
 
 _REQ3 = struct.Struct("=7I")  # block_size, block_nr, frame_size, frame_nr, retire_blk_tov, priv, feature
 _BLOCK_HDR = struct.Struct("=III")  # block_status, num_pkts, offset_to_first_pkt  (at +8)
-# next_offset, sec, nsec, snaplen, len, status, mac (+ tp_net, hv1), then sockaddr_ll: pkttype @58
-_FRAME_HDR = struct.Struct("=IIIIIIH32xB")
+# next_offset, sec, nsec, snaplen, len, status, mac (+ tp_net, hv1), then sockaddr_ll: ifindex @52,
+# hatype @56, pkttype @58
+_FRAME_HDR = struct.Struct("=IIIIIIH26xiHB")
 # Untagged IPv4 + TCP, the frames the inline path takes: ethertype @12, version/IHL @14, total
 # length @16, flags/fragment offset @20, protocol @23, addresses @26, TCP @34 (ports, seq, ack,
 # data offset byte, flags byte): one unpack instead of a byte index per field.
@@ -73,7 +80,8 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 class RingSocket:
-    """A bound, filtered AF_PACKET socket with a mapped TPACKET_V3 RX ring on one interface."""
+    """A filtered AF_PACKET socket with a mapped TPACKET_V3 RX ring: on every interface of its
+    namespace (ifindex 0, the default) or on one."""
 
     __slots__ = (
         "_block",
@@ -81,26 +89,23 @@ class RingSocket:
         "_block_size",
         "_ring",
         "drops",
-        "ifindex",
         "kernel_packets",
-        "name",
         "sock",
+        "unknown_link",
     )
 
     def __init__(
         self,
-        ifindex: int,
-        name: str,
         program: BpfProgram,
         *,
         block_kib: int = 256,
         blocks: int = 16,
         retire_ms: int = 10,
+        ifindex: int = 0,
     ) -> None:
-        self.ifindex = ifindex
-        self.name = name
         self.drops = 0
         self.kernel_packets = 0
+        self.unknown_link = 0  # frames of a link type with no decoder (counted as decode errors)
         self._block_size = block_kib * 1024
         self._block_nr = blocks
         self._block = 0
@@ -125,7 +130,7 @@ class RingSocket:
             raise
 
     def _bind(self, ifindex: int) -> None:
-        # Python's AF_PACKET bind() takes a name; bind by index so a rename cannot race us.
+        # Python's AF_PACKET bind() takes a name (and refuses ""): bind by index, 0 = every interface.
         addr = _SockaddrLL()
         addr.sll_family = socket.AF_PACKET
         addr.sll_protocol = socket.htons(ETH_P_ALL)
@@ -134,31 +139,51 @@ class RingSocket:
             err = ctypes.get_errno()
             raise OSError(err, f"bind AF_PACKET to ifindex {ifindex}: {os.strerror(err)}")
 
+    def set_filter(self, program: BpfProgram) -> None:
+        """Replace the kernel filter (SO_ATTACH_FILTER swaps it atomically; no frame goes unjudged)."""
+        program.attach(self.sock.fileno())
+
+    def pending(self) -> int:
+        """Frames in the block the kernel is filling now (not yet handed to user space)."""
+        status, num, _first = _BLOCK_HDR.unpack_from(self._ring, self._block * self._block_size + 8)
+        return 0 if status & TP_STATUS_USER else int(num)
+
+    def ready(self) -> bool:
+        """A block is handed to user space and waits for drain()."""
+        return bool(_U32.unpack_from(self._ring, self._block * self._block_size + 8)[0] & TP_STATUS_USER)
+
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def drain(
-        self, decode: Decode, out: list[Segment], max_blocks: int = 0, inline: DecodeStats | None = None
+        self,
+        decoders: Mapping[int, Decode],
+        out: list[Segment],
+        max_blocks: int = 0,
+        inline: DecodeStats | None = None,
     ) -> int:
         """Decode every frame of every block the kernel has handed over; return frames seen.
 
-        Each block is given back (block_status = TP_STATUS_KERNEL) as soon as it is walked.
-        `max_blocks` > 0 bounds one call so a flooded interface cannot starve the others.
-        `inline`: the stats of the Ethernet decoder `decode` is; then untagged IPv4 TCP control
-        segments (nearly every frame the filter passes) are decoded here, with Decoder.ethernet's
-        checks and counters, without a call per frame; anything else still goes to `decode`.
+        `decoders`: sll_hatype (ARPHRD_*) -> the decoder for that link type; frames of any other
+        type are counted in `unknown_link`.  Each block is given back (block_status =
+        TP_STATUS_KERNEL) as soon as it is walked.  `max_blocks` > 0 bounds one call so a flood
+        cannot starve the netlink events.  `inline`: the stats of the Ethernet decoder
+        decoders[ARPHRD_ETHER] is; then untagged IPv4 TCP control segments on Ethernet (nearly
+        every frame the filter passes) are decoded here, with Decoder.ethernet's checks and
+        counters, without a call per frame; anything else still goes to its decoder.
         """
         ring = self._ring
         size = self._block_size
         nr = self._block_nr
         block = self._block
-        point = self.ifindex
         frames = 0
         walked = 0
         fast = 0
+        unknown = 0
         unpack_block = _BLOCK_HDR.unpack_from
         unpack_frame = _FRAME_HDR.unpack_from
         unpack_v4 = _ETH_V4_TCP.unpack_from
+        decoder_for = decoders.get
         append = out.append
         seg_type = Segment
         new = _new
@@ -169,9 +194,9 @@ class RingSocket:
                 break
             pos = base + first
             for _ in range(num):
-                nxt, sec, nsec, snaplen, _len, _st, mac, pkttype = unpack_frame(ring, pos)
+                nxt, sec, nsec, snaplen, _len, _st, mac, point, hatype, pkttype = unpack_frame(ring, pos)
                 start = pos + mac
-                if inline is not None and snaplen >= 54:
+                if hatype == ARPHRD_ETHER and inline is not None and snaplen >= 54:
                     etype, vihl, total, frag, proto, src, dst, sp, dp, seq, ack, doff, flags = unpack_v4(
                         ring, start
                     )
@@ -193,11 +218,15 @@ class RingSocket:
                             fast += 1
                             pos += nxt
                             continue
-                seg = decode(
-                    ring, start, start + snaplen, sec + nsec * 1e-9, point, pkttype != PACKET_OUTGOING
-                )
-                if seg is not None:
-                    append(seg)
+                decode = decoder_for(hatype)
+                if decode is None:
+                    unknown += 1
+                else:
+                    seg = decode(
+                        ring, start, start + snaplen, sec + nsec * 1e-9, point, pkttype != PACKET_OUTGOING
+                    )
+                    if seg is not None:
+                        append(seg)
                 pos += nxt
             frames += num
             _U32.pack_into(ring, base + 8, TP_STATUS_KERNEL)
@@ -206,6 +235,7 @@ class RingSocket:
             if walked == max_blocks:
                 break
         self._block = block
+        self.unknown_link += unknown
         if inline is not None:
             inline.frames += fast
             inline.segments += fast

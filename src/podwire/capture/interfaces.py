@@ -44,7 +44,8 @@ AF_UNSPEC = 0
 # Why a candidate stopped being one (the `reason` of the removal counter).
 REMOVED_DELETED = "deleted"  # RTM_DELLINK (deleted, or moved to another namespace)
 REMOVED_NOT_VETH = "not_veth"  # a full message of another link kind
-REMOVED_PEER_LOCAL = "peer_local"  # a full veth message without a peer namespace
+REMOVED_PEER_LOCAL = "peer_local"  # a full veth message: the peer is in this namespace now
+REMOVED_PEER_GONE = "peer_gone"  # a full veth message without a peer: its pod is being deleted
 REMOVED_EXCLUDED = "name_excluded"  # renamed to a name the patterns exclude
 REMOVED_RELIST = "relist"  # missing from the link list read again after a netlink overflow
 _RCVBUF = 1 << 20  # room for a burst of link events (many pods created at once)
@@ -57,6 +58,7 @@ class Link:
     kind: str | None  # IFLA_INFO_KIND: "veth", "bridge", ... None for plain devices
     peer_netnsid: int | None  # IFLA_LINK_NETNSID: set when the peer is in another netns
     hatype: int = ARPHRD_ETHER  # ifi_type: ARPHRD_ETHER, ARPHRD_NONE (tun), ...
+    peer_ifindex: int | None = None  # IFLA_LINK: a veth's peer (0 once the peer is gone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +88,7 @@ class LinkFilter:
             if link.kind != "veth":
                 return REMOVED_NOT_VETH
             if link.peer_netnsid is None:
-                return REMOVED_PEER_LOCAL
+                return REMOVED_PEER_GONE if link.peer_ifindex == 0 else REMOVED_PEER_LOCAL
         if self.include.search(link.name) and not self.exclude.search(link.name):
             return None
         return REMOVED_EXCLUDED
@@ -112,12 +114,14 @@ def link_from_message(msg: Any) -> Link | None:
         kind = info.get("IFLA_INFO_KIND")
     netnsid = msg.get("IFLA_LINK_NETNSID")
     hatype = msg.get("ifi_type")
+    peer = msg.get("IFLA_LINK")
     return Link(
         int(msg["index"]),
         str(name),
         kind,
         None if netnsid is None else int(netnsid),
         ARPHRD_ETHER if hatype is None else int(hatype),
+        None if peer is None else int(peer),
     )
 
 

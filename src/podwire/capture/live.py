@@ -1,16 +1,22 @@
-"""Live capture on every pod interface: one thread, one epoll, many rings.
+"""Live capture on every pod interface of one network namespace: one socket, one ring, one epoll.
 
-`LiveCapture.poll(timeout)` waits on one selector holding every ring socket and the netlink
-socket.  A readable ring is drained in place; a readable netlink socket opens a ring for each
-new pod interface and drains then closes the ring of each removed one (so the last FIN/RST of
-a deleted pod is not lost).  Nothing runs in a thread of its own.
+One AF_PACKET socket listens on every interface of the namespace, with one TPACKET_V3 ring whose
+size does not depend on the number of pods.  The kernel filter (capture/prelude.py) checks the
+frame's interface against the current pod interfaces before the libpcap program for its link
+type, so traffic on other interfaces (eth0, the bridge, lo) never reaches Python.  A netlink
+event that adds or removes a pod interface rebuilds the filter and swaps it atomically; nothing
+is opened or closed per pod, so a deleted pod's last frames stay in the ring and are read.
 
-With `settings.netns` every socket (rings and netlink) is created inside that named namespace;
+`LiveCapture.poll(timeout)` waits on one selector holding the ring socket and the netlink socket.
+`final()` (at stop) lets the kernel hand over the block it is filling and reads it, so the last
+~`ring_retire_ms` of traffic is not thrown away.
+
+With `settings.netns` the sockets (ring and netlink) are created inside that named namespace;
 the caller's thread returns to its own namespace at once and the sockets stay behind.
 
 `poll()` belongs to one thread; `stats()` and `interfaces()` may be called from any other (the
-agent's /metrics and health views): a lock guards the ring table and the kernel counters, taken
-once per change or snapshot, never per packet.
+agent's /metrics and health views): a lock guards the interface table and the kernel counters,
+taken once per change or snapshot, never per packet.
 """
 
 from __future__ import annotations
@@ -24,11 +30,12 @@ from dataclasses import dataclass
 
 from podwire import log
 from podwire.capture import netns
-from podwire.capture.afpacket import Decode, RingSocket
+from podwire.capture.afpacket import ARPHRD_ETHER, Decode, RingSocket
 from podwire.capture.bpf import LINKTYPE_ETHERNET, LINKTYPE_RAW, BpfProgram, FilterOptions, compile_program
-from podwire.capture.decode import Decoder, DecodeStats
+from podwire.capture.decode import Decoder
 from podwire.capture.handshake import FILTER_PARTS, SNAPLEN_TLS
 from podwire.capture.interfaces import InterfaceWatch, Link, LinkChange, LinkFilter
+from podwire.capture.prelude import per_interface
 from podwire.config import Settings
 from podwire.model import Batch, Segment
 
@@ -36,10 +43,11 @@ _log = log.get("podwire.capture.live")
 
 _STATS_EVERY_S = 1.0  # PACKET_STATISTICS read at most this often from poll()
 _PAGE = mmap.PAGESIZE
+_FINAL_POLL_S = 0.005  # how often final() looks whether the kernel handed the last block over
 
 # ifi_type -> the pcap link type the kernel hands SOCK_RAW readers (and the filter is compiled for).
 _LINKTYPE_BY_HATYPE = {
-    1: LINKTYPE_ETHERNET,  # ARPHRD_ETHER: veth, bridge, physical
+    ARPHRD_ETHER: LINKTYPE_ETHERNET,  # veth, bridge, physical
     772: LINKTYPE_ETHERNET,  # ARPHRD_LOOPBACK: lo carries a zeroed Ethernet header
     65534: LINKTYPE_RAW,  # ARPHRD_NONE: tun, WireGuard
     519: LINKTYPE_RAW,  # ARPHRD_RAWIP
@@ -54,22 +62,23 @@ class CapturedInterface:
 
 @dataclass(frozen=True, slots=True)
 class CaptureStats:
-    packets: int  # frames read from the rings (all passed the kernel filter)
+    packets: int  # frames read from the ring (all passed the kernel filter)
     segments: int  # TCP control segments decoded
     kernel_packets: int  # frames the kernel matched (PACKET_STATISTICS tp_packets, incl. drops)
-    kernel_drops: int  # frames the kernel could not put in a ring (PACKET_STATISTICS tp_drops)
+    kernel_drops: int  # frames the kernel could not put in the ring (PACKET_STATISTICS tp_drops)
     decode_errors: int  # truncated, malformed or unknown-link frames
     dns_answers: int
-    interfaces: int  # rings open now
-    interfaces_opened: int
-    interfaces_closed: int
-    open_failures: int
+    interfaces: int  # pod interfaces in the kernel filter now
+    interfaces_opened: int  # pod interfaces added to the filter since start
+    interfaces_closed: int  # ... and removed from it
+    open_failures: int  # interfaces that could not be captured (link type) or filter swaps refused
     netlink_events: int
     interface_removals: dict[str, int]  # reason -> candidates removed (capture/interfaces.py REMOVED_*)
+    filter_swaps: int  # kernel filter replacements (one per netlink batch that changed the set)
 
 
 class LiveCapture:
-    """`PacketSource` over AF_PACKET rings on every candidate interface of one namespace."""
+    """`PacketSource` over one AF_PACKET ring on every candidate interface of one namespace."""
 
     def __init__(
         self, settings: Settings, *, retire_ms: int | None = None, program: BpfProgram | None = None
@@ -88,33 +97,42 @@ class LiveCapture:
             LINKTYPE_ETHERNET: program or compile_program(options, snaplen),
             LINKTYPE_RAW: compile_program(options, snaplen, linktype=LINKTYPE_RAW),
         }
-        self._decoders: dict[int, Decode] = {
+        by_linktype: dict[int, Decode] = {
             LINKTYPE_ETHERNET: self._decoder.ethernet,
             LINKTYPE_RAW: self._decoder.raw,
         }
-        self._ring_decode: dict[int, Decode] = {}  # ifindex -> decoder for its link type
-        # ifindex -> the decoder's stats if the ring may decode Ethernet IPv4 inline (RingSocket.drain)
-        self._ring_inline: dict[int, DecodeStats | None] = {}
+        self._decoders = {hatype: by_linktype[lt] for hatype, lt in _LINKTYPE_BY_HATYPE.items()}
         self._filter = LinkFilter.from_patterns(
             settings.interface_include, settings.interface_exclude, settings.veth_only
         )
-        self._rings: dict[int, RingSocket] = {}
-        self._closed_drops = 0  # drops and packets of rings already closed
-        self._closed_kernel_packets = 0
+        self._links: dict[int, Link] = {}  # ifindex -> pod interface in the kernel filter
+        self._in_filter: dict[int, int] = {}  # ifindex -> link type, as the kernel filter has it
         self._packets = 0
         self._opened = 0
         self._removed = 0
         self._open_failures = 0
+        self._filter_swaps = 0
         self._last_stats = 0.0
         self._closed = False
-        self._lock = threading.Lock()  # ring table + kernel counters (see module docstring)
+        self._lock = threading.Lock()  # interface table + kernel counters (see module docstring)
         self._sel = selectors.EpollSelector()
         with netns.inside(settings.netns):
             self._watch = InterfaceWatch(self._filter)
+            try:
+                # Bound to every interface with a filter that drops all until the first swap.
+                self._ring = RingSocket(
+                    self._program({}),
+                    block_kib=settings.ring_block_kib,
+                    blocks=settings.ring_blocks,
+                    retire_ms=self._retire_ms,
+                )
+            except BaseException:
+                self._watch.close()
+                raise
         try:
             self._sel.register(self._watch.fileno(), selectors.EVENT_READ, None)
-            pending: list[Segment] = []
-            self._apply(self._watch.initial(), pending)
+            self._sel.register(self._ring.fileno(), selectors.EVENT_READ, self._ring)
+            self._apply(self._watch.initial())
         except BaseException:
             self.close()
             raise
@@ -126,16 +144,11 @@ class LiveCapture:
             return None
         segments: list[Segment] = []
         for key, _mask in self._sel.select(timeout):
-            ring = key.data
-            if ring is None:
-                self._apply(self._watch.events(), segments)
-            elif ring.ifindex in self._rings:  # not closed by a netlink event earlier in this loop
-                ifindex = ring.ifindex
-                self._packets += ring.drain(
-                    self._ring_decode[ifindex],
-                    segments,
-                    self._settings.ring_blocks,
-                    self._ring_inline[ifindex],
+            if key.data is None:
+                self._apply(self._watch.events())
+            elif key.data is self._ring:
+                self._packets += self._ring.drain(
+                    self._decoders, segments, self._settings.ring_blocks, self._decoder.stats
                 )
         now = time.monotonic()
         if now - self._last_stats >= _STATS_EVERY_S:
@@ -143,41 +156,62 @@ class LiveCapture:
             self._read_kernel_stats()
         return Batch(segments, self._decoder.take_dns(), self._decoder.take_tls())
 
+    def final(self) -> Batch:
+        """At stop: the frames still in the ring, including the block the kernel is filling.
+
+        The kernel hands a partly filled block over only when its retire timer fires (within
+        2 x retire_ms); wait for that, bounded, and read it, so that nothing captured is lost.
+        """
+        segments: list[Segment] = []
+        if self._closed:
+            return Batch(segments, [], [])
+        ring = self._ring
+        deadline = time.monotonic() + 2 * self._retire_ms / 1000 + 0.05
+        while True:
+            self._packets += ring.drain(self._decoders, segments, 0, self._decoder.stats)
+            if not ring.pending() or time.monotonic() >= deadline:
+                break
+            while not ring.ready() and time.monotonic() < deadline:
+                time.sleep(_FINAL_POLL_S)
+        return Batch(segments, self._decoder.take_dns(), self._decoder.take_tls())
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for ring in list(self._rings.values()):
-            self._close_ring(ring, [])
-        self._watch.close()
         self._sel.close()
+        self._watch.close()
+        ring = getattr(self, "_ring", None)
+        if ring is not None:
+            with self._lock:
+                ring.close()
 
     # ---- introspection ---------------------------------------------------------------------
 
     def interfaces(self) -> list[CapturedInterface]:
         with self._lock:
-            return [CapturedInterface(r.ifindex, r.name) for r in self._rings.values()]
+            return [CapturedInterface(link.ifindex, link.name) for link in self._links.values()]
 
     def stats(self) -> CaptureStats:
         self._read_kernel_stats()
         d = self._decoder.stats
         with self._lock:
-            rings = list(self._rings.values())
-            kernel_packets = self._closed_kernel_packets + sum(r.kernel_packets for r in rings)
-            kernel_drops = self._closed_drops + sum(r.drops for r in rings)
+            kernel_packets, kernel_drops = self._ring.kernel_packets, self._ring.drops
+            interfaces = len(self._links)
         return CaptureStats(
             packets=self._packets,
             segments=d.segments,
             kernel_packets=kernel_packets,
             kernel_drops=kernel_drops,
-            decode_errors=d.errors,
+            decode_errors=d.errors + self._ring.unknown_link,
             dns_answers=self._decoder.dns_stats.answers,
-            interfaces=len(rings),
+            interfaces=interfaces,
             interfaces_opened=self._opened,
             interfaces_closed=self._removed,
             open_failures=self._open_failures,
             netlink_events=self._watch.events_seen,
             interface_removals=dict(self._watch.removals),
+            filter_swaps=self._filter_swaps,
         )
 
     @property
@@ -188,66 +222,48 @@ class LiveCapture:
 
     def _read_kernel_stats(self) -> None:
         with self._lock:
-            for ring in self._rings.values():
+            if not self._closed:
                 with contextlib.suppress(OSError):
-                    ring.read_stats()
+                    self._ring.read_stats()
 
-    def _apply(self, changes: list[LinkChange], segments: list[Segment]) -> None:
-        for change in changes:
-            if change.added:
-                self._open(change.link)
-            else:
-                ring = self._rings.get(change.link.ifindex)
-                if ring is not None:
-                    self._close_ring(ring, segments)
+    def _program(self, in_filter: dict[int, int]) -> BpfProgram:
+        groups = [
+            ([i for i, lt in in_filter.items() if lt == linktype], prog.instructions)
+            for linktype, prog in self._programs.items()
+        ]
+        eth = self._programs[LINKTYPE_ETHERNET]
+        return BpfProgram(f"ifindex in pods: {eth.expression}", per_interface(groups), eth.snaplen)
 
-    def _open(self, link: Link) -> None:
-        known = self._rings.get(link.ifindex)
-        if known is not None:
-            with self._lock:
-                known.name = link.name  # a rename: the ring is bound to the ifindex and stays
+    def _apply(self, changes: list[LinkChange]) -> None:
+        if not changes:
             return
-        linktype = _LINKTYPE_BY_HATYPE.get(link.hatype)
-        if linktype is None:
-            self._open_failures += 1
-            _log.warning(
-                "cannot capture interface: unsupported link type", interface=link.name, hatype=link.hatype
-            )
+        with self._lock:
+            for change in changes:
+                link = change.link
+                if not change.added:
+                    if self._links.pop(link.ifindex, None) is not None:
+                        self._removed += 1
+                        _log.info("stopped capturing interface", interface=link.name, ifindex=link.ifindex)
+                elif link.hatype not in _LINKTYPE_BY_HATYPE:
+                    self._open_failures += 1
+                    _log.warning(
+                        "cannot capture interface: unsupported link type",
+                        interface=link.name,
+                        hatype=link.hatype,
+                    )
+                else:
+                    if link.ifindex not in self._links:
+                        self._opened += 1
+                        _log.info("capturing interface", interface=link.name, ifindex=link.ifindex)
+                    self._links[link.ifindex] = link  # new, or a rename (same ifindex, same capture)
+            wanted = {i: _LINKTYPE_BY_HATYPE[link.hatype] for i, link in self._links.items()}
+        if wanted == self._in_filter:
             return
         try:
-            with netns.inside(self._settings.netns):
-                ring = RingSocket(
-                    link.ifindex,
-                    link.name,
-                    self._programs[linktype],
-                    block_kib=self._settings.ring_block_kib,
-                    blocks=self._settings.ring_blocks,
-                    retire_ms=self._retire_ms,
-                )
-        except OSError as exc:  # gone again already, or out of memory for the ring
+            self._ring.set_filter(self._program(wanted))
+        except (OSError, ValueError) as exc:  # too many interfaces for one program, or no memory
             self._open_failures += 1
-            _log.warning(
-                "cannot capture interface", interface=link.name, ifindex=link.ifindex, error=str(exc)
-            )
+            _log.error("cannot update the capture filter; keeping the previous one", error=str(exc))
             return
-        with self._lock:
-            self._rings[link.ifindex] = ring
-        self._ring_decode[link.ifindex] = self._decoders[linktype]
-        self._ring_inline[link.ifindex] = self._decoder.stats if linktype == LINKTYPE_ETHERNET else None
-        self._sel.register(ring.fileno(), selectors.EVENT_READ, ring)
-        self._opened += 1
-        _log.info("capturing interface", interface=link.name, ifindex=link.ifindex)
-
-    def _close_ring(self, ring: RingSocket, segments: list[Segment]) -> None:
-        # Frames already in the ring are the connection's last words: read them first.
-        self._packets += ring.drain(
-            self._ring_decode.pop(ring.ifindex), segments, 0, self._ring_inline.pop(ring.ifindex)
-        )
-        self._sel.unregister(ring.fileno())
-        with self._lock:
-            ring.close()
-            self._closed_drops += ring.drops
-            self._closed_kernel_packets += ring.kernel_packets
-            del self._rings[ring.ifindex]
-        self._removed += 1
-        _log.info("stopped capturing interface", interface=ring.name, ifindex=ring.ifindex)
+        self._in_filter = wanted
+        self._filter_swaps += 1
