@@ -266,6 +266,29 @@ def _check_capture_permission() -> None:
         ) from None
 
 
+def _check_listen(host: str, port: int) -> None:
+    """Bind the listen address once, as the listener will, so that a port already taken or an address
+    that is not local fails before capture starts (the listener binds for real in Agent.start)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        socket.create_server((host, port), family=family).close()
+    except OSError as exc:
+        raise StartError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def check_start(settings: Settings, namespaces: Sequence[str | None]) -> None:
+    """Everything the agent needs, checked before anything starts: StartError with one line."""
+    from podwire.capture import netns
+
+    _check_capture_permission()
+    for ns in namespaces:
+        try:
+            netns.check(ns)
+        except FileNotFoundError as exc:
+            raise StartError(f"capture cannot start: {exc}") from None
+    _check_listen(*settings.listen)
+
+
 class NodeCapture:
     """One capture thread: a LiveCapture (in `settings.netns`) -> tracker -> named events -> sinks."""
 
@@ -369,15 +392,24 @@ class Agent:
         from podwire.views.store import ConnectionStore, StoreLimits
 
         self.settings = settings
+        namespaces = list(netns_list) if netns_list is not None else [settings.netns]
+        check_start(settings, namespaces)
         self.identity = build_service(settings)
         self.telemetry = Telemetry(settings)
         self.store = ConnectionStore(StoreLimits.from_settings(settings))
         sinks: list[Sink] = [*self.telemetry.sinks, self.store, *extra_sinks]
-        namespaces = list(netns_list) if netns_list is not None else [settings.netns]
         if len(namespaces) > 1:
             lock = threading.Lock()
             sinks = [LockedSink(s, lock) for s in sinks]
-        self.captures = [NodeCapture(settings.replace(netns=ns), self.identity, sinks) for ns in namespaces]
+        self.captures: list[NodeCapture] = []
+        try:
+            for ns in namespaces:
+                self.captures.append(NodeCapture(settings.replace(netns=ns), self.identity, sinks))
+        except BaseException:  # leave nothing behind: sockets closed, exporters stopped
+            for node in self.captures:
+                node.capture.close()
+            self.telemetry.shutdown(1.0)
+            raise
         for node in self.captures:
             self.telemetry.add_source(node.snapshot)
         self.sampler: Sampler | None = None
@@ -430,8 +462,12 @@ class Agent:
 
         soft, hard = raise_nofile_limit()
         _log.info("open_files_limit", soft=soft, hard=hard)
+        try:  # checked at construction; a race for the port still ends in one line
+            self.http.start()
+        except OSError as exc:
+            host, port = self.settings.listen
+            raise StartError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         self.identity.start()
-        self.http.start()
         settle_heap()
         for node in self.captures:
             node.start()
@@ -473,7 +509,12 @@ def run(settings: Settings) -> int:
     except (StartError, ConfigError, ExportConfigError) as exc:
         print(f"podwire: {exc}", file=sys.stderr)
         return 2
-    agent.start()
+    try:
+        agent.start()
+    except StartError as exc:
+        agent.stop(deadline_s=2.0)
+        print(f"podwire: {exc}", file=sys.stderr)
+        return 2
     try:
         while not stop.event.wait(0.5):
             if agent.failed is not None:

@@ -13,6 +13,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
+def check(name: str | None) -> None:
+    """FileNotFoundError (one clear line) unless netns `name` exists; None is our own namespace."""
+    if name is None:
+        return
+    path = name if "/" in name else os.path.join("/var/run/netns", name)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"network namespace {name!r} does not exist")
+
+
 @contextmanager
 def inside(name: str | None) -> Iterator[None]:
     """Run the body inside netns `name` (a name under /var/run/netns or a path); None: stay here."""
