@@ -122,6 +122,7 @@ _MASK = 0xFFFFFFFF
 _HALF = 0x80000000
 _NONE: Events = ()
 _ENDPOINT_CACHE = 65_536
+_COMPACT_MIN = 16_384  # compact only after a peak this large (a small table costs little)
 
 # Plain ints for the hot path (IntEnum arithmetic is slower).
 _NEW = int(State.NEW)
@@ -363,6 +364,8 @@ class Tracker:
         # sockets with no entry seen in the last round (key -> that sample): bounded by a round's size
         self._unmatched: dict[Key, SocketSample] = {}
         self._unmatched_next: dict[Key, SocketSample] = {}
+        self._high = 0  # most entries seen by expire() since the last compaction
+        self.compactions = 0  # times the tables were rebuilt to give memory back (see _compact)
 
     # --- public API ----------------------------------------------------------------------
 
@@ -451,8 +454,10 @@ class Tracker:
         return out
 
     def expire(self, now: float) -> list[ConnectionEvent]:
-        """Run the timers.  Costs O(expired): each phase is in time order."""
+        """Run the timers.  Costs O(expired): each phase is in time order.  Afterwards, if the
+        table shrank to a quarter of its peak (a SYN flood timed out), it is compacted."""
         out: list[ConnectionEvent] = []
+        self._high = max(self._high, len(self._entries))
         half_open = self._half_open
         limit = self.limits.syn_timeout_s
         while half_open:
@@ -483,6 +488,8 @@ class Tracker:
             if now - entry.since <= limit:
                 break
             self._forget(entry)
+        if self._high >= _COMPACT_MIN and len(self._entries) * 4 <= self._high:
+            self._compact()
         return out
 
     def flush(self, now: float) -> list[ConnectionEvent]:
@@ -555,6 +562,22 @@ class Tracker:
                     break
         self._entries[entry.key] = entry  # replaces a finished entry on the same tuple, if any
         phase[entry] = None
+
+    def _compact(self) -> None:
+        """Give a flood's memory back.  Python dicts never shrink when emptied, and the address
+        caches filled during a flood pin the allocator's arenas that the flood's entries were
+        spread over (an arena is returned to the OS only once wholly empty).  So: rebuild the
+        tables at their present size (order kept) and drop the caches (rebuilt as traffic needs)."""
+        self._entries = dict(self._entries)
+        self._half_open = OrderedDict(self._half_open)
+        self._established = OrderedDict(self._established)
+        self._closing = OrderedDict(self._closing)
+        self._recent = OrderedDict(self._recent)
+        self._phase = (self._recent, self._half_open, self._established, self._closing, self._closing)
+        self._endpoints = {}
+        self._texts = {}
+        self._high = len(self._entries)
+        self.compactions += 1
 
     def _evict(self, phase: OrderedDict[_Entry, None], kind: str) -> None:
         victim, _ = phase.popitem(last=False)
