@@ -1,7 +1,7 @@
 """A views-only agent process for the fan-out test: its own store, fed with given connections, served
 by the real listener and the real Views (fan-out included).  `python -m tests.views.peer_agent SPEC`.
 
-SPEC (JSON): {"edges": [[client_workload, server_workload, side, count, c2s, s2c, duration], ...],
+SPEC (JSON): {"edges": [[client_workload, server_workload, side, count, c2s, s2c, duration(, sni)], ...],
 "delay_s": seconds before /nodegraph/connections answers, "fail": answer 500 there,
 "peers": "host:port,...", "timeout_s": per-peer timeout}.  Prints "PORT <n>" when listening.
 """
@@ -12,8 +12,10 @@ import json
 import sys
 import time
 
+import msgspec
+
 from podwire.config import Settings, parse_peers
-from podwire.model import Side
+from podwire.model import Side, TlsInfo
 from podwire.views.api import Views
 from podwire.views.http import HttpServer, Query, Response
 from podwire.views.store import ConnectionStore
@@ -23,9 +25,11 @@ from tests.telemetry.factory import named, pod, record
 def main(spec_text: str) -> None:
     spec = json.loads(spec_text)
     store = ConnectionStore()
-    for client, server, side, count, c2s, s2c, duration in spec.get("edges", []):
+    for client, server, side, count, c2s, s2c, duration, *sni in spec.get("edges", []):
         for _ in range(count):
             rec = record(side=Side(side), c2s=c2s, s2c=s2c, duration=duration, start=time.time() - duration)
+            if sni:  # a TLS connection
+                rec = msgspec.structs.replace(rec, tls=TlsInfo(server_name=sni[0], version="TLS 1.3"))
             store.on_connection(named(rec, pod(client), pod(server)))
     settings = Settings(
         views_peers=parse_peers(spec.get("peers", "")), views_peer_timeout_s=spec.get("timeout_s", 2.0)

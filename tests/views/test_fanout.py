@@ -29,6 +29,8 @@ NODE_B = [
     ["web", "db", "server", 3, 300, 700, 0.2],  # web->db again, at db's veth on node-b
     ["report", "db", "client", 4, 50, 5000, 1.5],
 ]
+TLS_A = [["web", "shop", "client", 2, 10, 10, 0.1, "shop.example"]]
+TLS_B = [["report", "bank", "client", 1, 10, 10, 0.1, "bank.example"]]
 
 
 Start = Callable[[dict[str, Any]], str]
@@ -118,3 +120,17 @@ def test_with_every_peer_answering_the_answer_is_not_partial(start: Start) -> No
     detail = _get(asker, "/nodegraph/api/edge?source=shop/report&target=shop/db")
     assert len(detail["connections"]) == 4 and detail["partial"] is False
     assert {c["bytes_server_to_client"] for c in detail["connections"]} == {5000}
+
+
+def test_the_tls_list_and_details_fan_out_too(start: Start) -> None:
+    b = start({"edges": TLS_B})
+    failing = start({"fail": True})
+    asker = start({"edges": TLS_A, "peers": f"{b},{failing}"})
+    with urllib.request.urlopen(f"http://{asker}/tlsparser/api/data", timeout=30) as r:
+        items = json.load(r)
+        assert r.headers["X-Podwire-Partial"] == "false"  # the failing peer fails only its node graph
+    assert sorted(i["domain"] for i in items) == ["bank.example", "shop.example", "shop.example"]
+    (remote,) = [i for i in items if i["domain"] == "bank.example"]
+    details = _get(asker, f"/tlsparser/api/data/{remote['id']}")  # held by b: asked through the asker
+    assert details["id"] == remote["id"] and details["domain"] == "bank.example"
+    assert details["connection"]["client"]["workload"]["workload"] == "report"

@@ -6,17 +6,21 @@
 /nodegraph/api/graph/data             ?stats-type, namespace, include, exclude, from, to: the graph,
                                       cluster-wide when peers are configured (`partial`, `peers`)
 /nodegraph/api/edge                   ?source=ID&target=ID[&limit][&local=1]: an edge's recent connections
+/tlsparser/api/data                   ?from, to (+ namespace, include, exclude): recent TLS connections
+/tlsparser/api/data/{id}              one TLS connection's details (views/tlsapi.py)
 /                                     the built-in live map (views/static/index.html)
 """
 
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
 from podwire.views import nodegraph as ng
+from podwire.views import tlsapi
 from podwire.views.fanout import FanOut, KubePeers, PeerResult, items_from_json
 from podwire.views.http import HttpServer, Query, Response, text
 from podwire.views.records import record_json
@@ -81,6 +85,11 @@ class Views:
         server.route("/nodegraph/api/graph/fields", _guard(self.fields))
         server.route("/nodegraph/api/graph/data", _guard(self.data))
         server.route("/nodegraph/api/edge", _guard(self.edge))
+        server.route("/tlsparser/api/data", _guard(self.tls_list))
+        server.route("/tlsparser/api/data/", _guard(self.tls_list))
+        server.route_prefix(
+            "/tlsparser/api/data/", lambda rest, q: _guard(lambda q2: self.tls_details(rest, q2))(q)
+        )
         server.route("/", lambda _q: self.page())
         server.route("/index.html", lambda _q: self.page())
 
@@ -153,6 +162,57 @@ class Views:
             }
         )
 
+    def tls_list(self, query: Query) -> Response:
+        flt = ng.Filter.from_query(query)
+        agent = self.store.instance
+        local = [
+            tlsapi.connection_json(e, agent)
+            for e in self.store.snapshot()[0]
+            if e.conn.record.tls is not None
+            and flt.time_passes(e.last_seen)
+            and flt.nodes_pass(e.source, e.target)
+        ]
+        results: list[PeerResult] = []
+        error = None
+        if _one(query, "local") != "1":
+            results, error = self._ask_peers(
+                "/tlsparser/api/data", {**flt.query_string(), "local": "1"}, _dicts
+            )
+        merged = local + [c for r in results if r.ok for c in r.value]
+        merged.sort(key=lambda c: str(c.get("lastSeen", "")), reverse=True)
+        partial = error is not None or any(not r.ok for r in results)
+        # k8spacket answers a bare list: the partial flag travels in a header
+        return Response(
+            200,
+            json.dumps(merged, separators=(",", ":")).encode(),
+            JSON,
+            (("X-Podwire-Partial", "true" if partial else "false"),),
+        )
+
+    def _tls_details_route(self, id_text: str, query: Query) -> Response:
+        return _guard(lambda q: self.tls_details(id_text, q))(query)
+
+    def tls_details(self, id_text: str, query: Query) -> Response:
+        parsed = tlsapi.parse_id(id_text)
+        if parsed is None:
+            raise ng.QueryError("expected an id like 'a1b2c3d4-17'")
+        agent, number = parsed
+        if agent == self.store.instance:
+            entry = self.store.get(number)
+            if entry is None or entry.conn.record.tls is None:
+                return json_response({"error": "no such TLS connection (evicted, or never seen)"}, 404)
+            return json_response(tlsapi.details_json(entry, agent))
+        if _one(query, "local") == "1":
+            return json_response({"error": "not this agent's id"}, 404)
+        path = "/tlsparser/api/data/" + urllib.parse.quote(id_text)
+        results, _ = self._ask_peers(path, {"local": "1"}, _detail)
+        for r in results:
+            if r.ok and r.value is not None:
+                return json_response(r.value)
+        return json_response(
+            {"error": "no agent holds this TLS connection", "peers": [r.status() for r in results]}, 404
+        )
+
     def page(self) -> Response:
         body = resources.files("podwire.views").joinpath("static/index.html").read_bytes()
         return Response(200, body, "text/html; charset=utf-8")
@@ -172,6 +232,16 @@ def _limit(query: Mapping[str, Sequence[str]]) -> int:
     if not 1 <= value <= MAX_EDGE_CONNECTIONS:
         raise ng.QueryError(f"limit: 1 to {MAX_EDGE_CONNECTIONS}")
     return value
+
+
+def _dicts(body: Any) -> list[dict[str, Any]]:
+    if not isinstance(body, list):
+        raise ValueError("expected a JSON list")
+    return [c for c in body if isinstance(c, dict)]
+
+
+def _detail(body: Any) -> dict[str, Any] | None:
+    return body if isinstance(body, dict) and "id" in body else None
 
 
 def _connections_of(body: Any) -> list[dict[str, Any]]:

@@ -51,9 +51,11 @@ class Response:
     status: int
     body: bytes
     content_type: str = "text/plain; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 Handler = Callable[[Query], Response]
+PrefixHandler = Callable[[str, Query], Response]
 
 
 def text(body: str, status: int = 200) -> Response:
@@ -108,7 +110,7 @@ class HttpServer:
 
     def __init__(self, host: str, port: int, limits: HttpLimits | None = None) -> None:
         self._routes: dict[str, Handler] = {}
-        self._prefix_routes: list[tuple[str, Handler]] = []
+        self._prefix_routes: list[tuple[str, PrefixHandler]] = []
         self._host, self._port = host, port
         self.limits = limits or HttpLimits()
         self.stats = HttpStats()
@@ -124,18 +126,20 @@ class HttpServer:
         self._stopping = threading.Event()
 
     def route(self, path: str, handler: Handler) -> None:
-        """Exact path, or a prefix when `path` ends with '/*'."""
-        if path.endswith("/*"):
-            self._prefix_routes.append((path[:-1], handler))
-        else:
-            self._routes[path] = handler
+        """An exact path."""
+        self._routes[path] = handler
+
+    def route_prefix(self, prefix: str, handler: PrefixHandler) -> None:
+        """Every path under `prefix` (ending in '/'); the handler gets the rest of the path."""
+        self._prefix_routes.append((prefix, handler))
 
     def _find(self, path: str) -> Handler | None:
         handler = self._routes.get(path)
         if handler is None:
             for prefix, candidate in self._prefix_routes:
                 if path.startswith(prefix):
-                    return candidate
+                    rest = urllib.parse.unquote(path[len(prefix) :])
+                    return lambda query: candidate(rest, query)
         return handler
 
     @property
@@ -319,9 +323,10 @@ class HttpServer:
         body = b"" if method == "HEAD" else response.body
         try:
             conn.sock.settimeout(self.limits.request_timeout_s)  # the write deadline
-            conn.sock.sendall(
-                _head(response.status, response.content_type, len(response.body), keep_alive) + body
+            head = _head(
+                response.status, response.content_type, len(response.body), keep_alive, response.headers
             )
+            conn.sock.sendall(head + body)
             conn.sock.setblocking(False)
         except OSError:
             keep_alive = False
@@ -352,13 +357,16 @@ def _parse_head(head: bytes) -> tuple[str, str, bool] | None:
     return method, target, keep_alive
 
 
-def _head(status: int, content_type: str, length: int, keep_alive: bool) -> bytes:
+def _head(
+    status: int, content_type: str, length: int, keep_alive: bool, extra: Sequence[tuple[str, str]] = ()
+) -> bytes:
     return (
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"
         f"Server: {SERVER_HEADER}\r\n"
         f"Content-Type: {content_type}\r\n"
         f"Content-Length: {length}\r\n"
-        f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in extra)
+        + f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
     ).encode("latin-1")
 
 

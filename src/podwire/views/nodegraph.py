@@ -174,7 +174,7 @@ class EdgeItem:
             "duration": round(self.duration_sum, 6),
             "maxDuration": round(self.duration_max, 6),
             "durationCount": self.duration_count,
-            "lastSeen": _rfc3339(self.last_seen),
+            "lastSeen": rfc3339_ms(self.last_seen),
             "established": self.established,
             "closed": self.closed,
             "failed": self.failed,
@@ -213,7 +213,7 @@ class EdgeItem:
         )
 
 
-def _rfc3339(t: float) -> str:
+def rfc3339_ms(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

@@ -12,6 +12,7 @@ counted by reason.  k8spacket kept everything and its users were OOM-killed; thi
 from __future__ import annotations
 
 import itertools
+import secrets
 import threading
 import time
 from collections import OrderedDict, deque
@@ -107,6 +108,7 @@ class ConnectionStore:
         # edge -> (source, target, connections open now); least recently touched first
         self._open: OrderedDict[EdgeKey, tuple[Node, Node, int]] = OrderedDict()
         self._ids = itertools.count(1)
+        self.instance = secrets.token_hex(4)  # makes ids unique across agents (the TLS API's ids)
         self.started = clock()
 
     # --- Sink ----------------------------------------------------------------------------------
