@@ -98,7 +98,7 @@ def test_every_connection_closed_before_sigterm_is_exported(
         server.close()
     assert not errors, errors[0]
     total = sum(made)
-    assert closed_before > 100, f"only {closed_before} connections: the churn did not churn"
+    assert closed_before > 30, f"only {closed_before} connections: the churn did not churn"
     counted: dict[tuple[str, str, int, str], float] = {}
     for p in receiver.latest_points_all(n.TCP_CONNECTIONS):
         a = p.attributes
