@@ -589,3 +589,34 @@ def test_a_deleted_pods_last_frames_are_still_read(pods: Pods) -> None:
         assert cap.stats().interface_removals == {"peer_gone": 1}
     finally:
         cap.close()
+
+
+def test_stopping_the_capture_thread_delivers_connections_still_in_the_kernels_block(pods: Pods) -> None:
+    # SIGTERM path of the agent: NodeCapture.stop() -> the loop's last LiveCapture.final().  With a
+    # 2 s retire time the whole connection is still in the block the kernel is filling at stop.
+    from podwire.agent import CollectingSink, NodeCapture
+    from podwire.identity import build_service
+
+    settings = Settings(netns=pods.node, kube="off", ring_retire_ms=2000)
+    sink = CollectingSink()
+    node = NodeCapture(settings, build_service(settings), [sink])
+    node.start()
+    try:
+        time.sleep(0.3)  # the loop is polling
+        e = Ether(src=POD_MAC, dst="ff:ff:ff:ff:ff:ff")
+        c, s = IP(src=pods.pod_ip(0), dst=pods.node_ip(0)), IP(src=pods.node_ip(0), dst=pods.pod_ip(0))
+        conn = [
+            c / TCP(sport=6200, dport=80, flags="S", seq=100),
+            s / TCP(sport=80, dport=6200, flags="SA", seq=500, ack=101),
+            c / TCP(sport=6200, dport=80, flags="FA", seq=101, ack=501) / b"hello",
+            s / TCP(sport=80, dport=6200, flags="FA", seq=501, ack=107) / b"hi",
+            c / TCP(sport=6200, dport=80, flags="A", seq=107, ack=504),
+        ]
+        send_frames(pods.pods[0], "eth0", [raw(e / p) for p in conn])
+        time.sleep(0.2)
+        assert sink.connections == []  # nothing handed over yet
+    finally:
+        node.stop(time.monotonic() + 6)
+    assert [(n.record.bytes_client_to_server, n.record.bytes_server_to_client) for n in sink.connections] == [
+        (5, 2)
+    ]
