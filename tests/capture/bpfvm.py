@@ -57,15 +57,20 @@ def run(
     prog: tuple[tuple[int, int, int, int], ...] | list[tuple[int, int, int, int]],
     pkt: bytes,
     ifindex: int = 0,
+    steps: list[int] | None = None,
 ) -> int:
-    """The filter's return value for `pkt` seen on `ifindex`: 0 rejects, else the bytes to keep."""
+    """The filter's return value for `pkt` seen on `ifindex`: 0 rejects, else the bytes to keep.
+
+    `steps`: if given, the number of instructions executed is appended to it."""
     a = x = 0
+    executed = 0
     mem = [0] * 16
     pc = 0
     try:
         while True:
             code, jt, jf, k = prog[pc]
             pc += 1
+            executed += 1
             cls = code & 0x07
             if cls == LD:
                 mode, size = code & 0xE0, code & 0x18
@@ -146,6 +151,8 @@ def run(
                     raise ValueError(f"unsupported jmp {code:#x}")
                 pc += jt if cond else jf
             elif cls == RET:
+                if steps is not None:
+                    steps.append(executed)
                 return a if code & RVAL_A else k
             else:  # MISC: TAX / TXA
                 if code & 0xF8 == 0x00:
