@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ PODWIRE = [sys.executable, "-m", "podwire"]
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PODWIRE_")}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PODWIRE_", "OTEL_"))}
     full_env.update(env or {})
     return subprocess.run(
         [*PODWIRE, *args], capture_output=True, text=True, timeout=60, env=full_env, cwd="/"
@@ -189,3 +191,92 @@ def test_without_root_the_commands_refuse_with_one_line(command: list[str]) -> N
     code, err = _main_as_nobody([*command, "--log-level", "error"])
     assert code == 2, err
     assert "root" in _one_clean_line(err).lower()
+
+
+# --- issue 14: every setting the adversarial run broke exits 2 with one line naming the key -----
+
+
+def _deep_inventory(tmp_path: Path) -> str:
+    path = tmp_path / "deep.yaml"
+    path.write_text("[" * 100_000)
+    return str(path)
+
+
+def _not_pem(tmp_path: Path) -> str:
+    path = tmp_path / "ca.txt"
+    path.write_text("not a certificate\n")
+    return str(path)
+
+
+REFUSED: list[tuple[dict[str, str], str]] = [
+    ({"PODWIRE_RING_BLOCK_KIB": "1048576"}, "PODWIRE_RING_BLOCK_KIB"),
+    ({"PODWIRE_RING_BLOCKS": "100000000"}, "PODWIRE_RING_BLOCKS"),
+    ({"PODWIRE_RING_RETIRE_MS": "99999999999"}, "PODWIRE_RING_RETIRE_MS"),
+    ({"PODWIRE_RING_BLOCK_KIB": "16384", "PODWIRE_RING_BLOCKS": "64"}, "PODWIRE_RING_MEMORY_MIB"),
+    ({"PODWIRE_RING_MEMORY_MIB": "1000000"}, "PODWIRE_RING_MEMORY_MIB"),
+    ({"PODWIRE_INTERFACE_INCLUDE": "("}, "PODWIRE_INTERFACE_INCLUDE"),
+    ({"PODWIRE_INTERFACE_EXCLUDE": "[a-"}, "PODWIRE_INTERFACE_EXCLUDE"),
+    ({"OTEL_EXPORTER_OTLP_COMPRESSION": "lzma"}, "OTEL_EXPORTER_OTLP_COMPRESSION"),
+    ({"OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent"}, "OTEL_EXPORTER_OTLP_CERTIFICATE"),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "::::not a url"}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "ftp://x:1"}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+    ({"OTEL_EXPORTER_OTLP_INSECURE": "perhaps"}, "OTEL_EXPORTER_OTLP_INSECURE"),
+    ({"OTEL_EXPORTER_OTLP_TIMEOUT": "1e12"}, "OTEL_EXPORTER_OTLP_TIMEOUT"),
+    ({"PODWIRE_NODE_NAME": ""}, "PODWIRE_NODE_NAME"),
+    ({"PODWIRE_NODE_NAME": "node-a\nnode-b"}, "PODWIRE_NODE_NAME"),
+    ({"PODWIRE_INVENTORY": ""}, "PODWIRE_INVENTORY"),
+    ({"PODWIRE_EXTERNAL_CIDRS": "10.0.0.0/8=a,10.0.0.0/8=b"}, "PODWIRE_EXTERNAL_CIDRS"),
+    ({"PODWIRE_MAX_CONNECTIONS": "10000000000"}, "PODWIRE_MAX_CONNECTIONS"),
+    ({"PODWIRE_SYN_TIMEOUT_S": "nan"}, "PODWIRE_SYN_TIMEOUT_S"),
+    ({"PODWIRE_IDENTITY_HISTORY_S": "inf"}, "PODWIRE_IDENTITY_HISTORY_S"),
+    ({"PODWIRE_INVENTORY": "/dev/zero"}, "/dev/zero"),
+]
+
+
+@pytest.mark.parametrize(("env", "key"), REFUSED, ids=[f"{k}={next(iter(e.values()))!r}" for e, k in REFUSED])
+def test_run_refuses_a_bad_setting_before_anything_starts(env: dict[str, str], key: str) -> None:
+    out = _run("run", "--kube", "off", "--listen", "127.0.0.1:0", env=env)
+    assert out.returncode == 2, out.stderr
+    line = _one_clean_line(out.stderr)
+    assert key in line
+
+
+@pytest.mark.parametrize("make", [_deep_inventory, _not_pem])
+def test_run_refuses_a_bad_file_with_one_line(tmp_path: Path, make: Callable[[Path], str]) -> None:
+    path = make(tmp_path)
+    key = "PODWIRE_INVENTORY" if make is _deep_inventory else "OTEL_EXPORTER_OTLP_CERTIFICATE"
+    out = _run("run", "--kube", "off", "--listen", "127.0.0.1:0", env={key: path})
+    assert out.returncode == 2, out.stderr
+    line = _one_clean_line(out.stderr)
+    assert path in line
+    if make is _deep_inventory:
+        assert "nested too deep" in line
+
+
+def test_a_signal_endpoint_with_otlp_off_warns_once_and_runs() -> None:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PODWIRE_", "OTEL_"))}
+    full_env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = "http://127.0.0.1:4317"
+    # capture no interface: this test is about the warning, not the host's veths
+    full_env["PODWIRE_INTERFACE_INCLUDE"] = "^$"
+    proc = subprocess.Popen(
+        [*PODWIRE, "run", "--kube", "off", "--listen", "127.0.0.1:0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        cwd="/",
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if "agent_started" in line:
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=30)
+    lines += rest.splitlines()
+    warnings = [json.loads(line) for line in lines if "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" in line]
+    assert len(warnings) == 1, lines
+    assert warnings[0]["level"] == "warning" and "OTLP export is off" in warnings[0]["problem"]
+    assert proc.returncode == 0, lines

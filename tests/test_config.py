@@ -58,3 +58,92 @@ def test_every_bad_key_gets_its_own_line() -> None:
 def test_bad_listen_addresses_are_refused(text: str) -> None:
     with pytest.raises(config.ConfigError):
         config.load(env={}, overrides={"listen": text})
+
+
+# --- every setting has a type, a range and an upper bound ------------------------------------
+
+# one value past each bound (or of the wrong type) per setting; the key must be named
+OUT_OF_RANGE = {
+    "PODWIRE_LISTEN": "127.0.0.1:65536",
+    "PODWIRE_LOG_FORMAT": "xml",
+    "PODWIRE_LOG_LEVEL": "loud",
+    "PODWIRE_NETNS": "../etc",
+    "PODWIRE_INTERFACE_INCLUDE": "(",
+    "PODWIRE_INTERFACE_EXCLUDE": "x" * 1025,
+    "PODWIRE_VETH_ONLY": "perhaps",
+    "PODWIRE_RING_BLOCK_KIB": "1048576",
+    "PODWIRE_RING_BLOCKS": "100000000",
+    "PODWIRE_RING_RETIRE_MS": "99999999999",
+    "PODWIRE_RING_MEMORY_MIB": "2049",
+    "PODWIRE_MAX_CONNECTIONS": "16777217",
+    "PODWIRE_MAX_HALF_OPEN": "0",
+    "PODWIRE_SYN_TIMEOUT_S": "nan",
+    "PODWIRE_CLOSING_TIMEOUT_S": "inf",
+    "PODWIRE_IDLE_TIMEOUT_S": "1e300",
+    "PODWIRE_INVENTORY": "",
+    "PODWIRE_KUBE": "maybe",
+    "PODWIRE_KUBECONFIG": "a\nb",
+    "PODWIRE_NODE_NAME": "Node_A",
+    "PODWIRE_EXTERNAL_CIDRS": "10.0.0.0/8=a,10.0.0.0/8=b",
+    "PODWIRE_IDENTITY_HISTORY_S": "604801",
+    "PODWIRE_DNS_NAMES": "2",
+    "PODWIRE_OTLP": "yes",
+    "PODWIRE_SPANS": "",
+    "PODWIRE_SPAN_SAMPLE_RATIO": "-0.1",
+    "PODWIRE_LABEL_POD_NAMES": "y",
+    "PODWIRE_LABEL_CLIENT_PORT": "n",
+    "PODWIRE_MAX_SERIES": "1000001",
+    "PODWIRE_EXPORT_QUEUE_SIZE": "1048577",
+}
+
+
+def test_every_setting_has_an_out_of_range_case_here() -> None:
+    assert set(OUT_OF_RANGE) == {config.env_name(f) for f in config._FIELDS}
+
+
+@pytest.mark.parametrize(("key", "value"), sorted(OUT_OF_RANGE.items()))
+def test_a_value_out_of_range_is_refused_naming_its_key(key: str, value: str) -> None:
+    with pytest.raises(config.ConfigError) as info:
+        config.load(env={key: value})
+    (problem,) = info.value.problems
+    assert problem.startswith(f"bad setting {key}=")
+    assert "\n" not in problem and "Traceback" not in problem
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("PODWIRE_RING_BLOCK_KIB", "16384"),
+        ("PODWIRE_RING_BLOCKS", "4096"),
+        ("PODWIRE_RING_RETIRE_MS", "60000"),
+        ("PODWIRE_MAX_CONNECTIONS", "16777216"),
+        ("PODWIRE_NODE_NAME", "ip-10-0-0-7.eu-west-1.compute.internal"),
+        ("PODWIRE_NETNS", "cni-1234-abcd"),
+    ],
+)
+def test_the_upper_bounds_themselves_are_accepted(key: str, value: str) -> None:
+    settings = config.load(env={key: value, "PODWIRE_RING_MEMORY_MIB": "2048"})
+    assert str(getattr(settings, key.removeprefix("PODWIRE_").lower())) == value
+
+
+def test_one_ring_larger_than_the_ring_memory_cap_is_refused() -> None:
+    with pytest.raises(config.ConfigError) as info:
+        config.load(env={"PODWIRE_RING_BLOCK_KIB": "4096", "PODWIRE_RING_BLOCKS": "128"})
+    (problem,) = info.value.problems
+    assert "PODWIRE_RING_MEMORY_MIB=256" in problem and "512 MiB" in problem
+    settings = config.load(env={"PODWIRE_RING_BLOCK_KIB": "4096", "PODWIRE_RING_BLOCKS": "128",
+                                "PODWIRE_RING_MEMORY_MIB": "1024"})  # fmt: skip
+    assert settings.max_rings == 2
+    assert config.Settings().max_rings == 64  # 4 MiB rings under 256 MiB
+
+
+def test_duplicate_cidrs_are_refused_whatever_their_spelling() -> None:
+    with pytest.raises(config.ConfigError) as info:
+        config.load(env={"PODWIRE_EXTERNAL_CIDRS": "10.0.0.0/8=a, 10.1.2.3/8=b"})
+    assert "10.0.0.0/8 is listed twice" in info.value.problems[0]
+
+
+@pytest.mark.parametrize("name", ["", "node-a\n", "node-a\nnode-b", "-a", "a" * 254])
+def test_node_names_must_be_kubernetes_node_names(name: str) -> None:
+    with pytest.raises(config.ConfigError):
+        config.load(env={"PODWIRE_NODE_NAME": name})

@@ -507,7 +507,8 @@ def run(settings: Settings) -> int:
     try:
         agent = Agent(settings)
     except (StartError, ConfigError, ExportConfigError) as exc:
-        print(f"podwire: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"podwire: {line}", file=sys.stderr)
         return 2
     try:
         agent.start()

@@ -54,57 +54,22 @@ def _label_selector(text: str) -> str:
     return text.strip()
 
 
-def parse_cidr_names(text: str) -> tuple[tuple[str, str], ...]:
-    """`10.96.0.0/12=cluster-services,0.0.0.0/0=internet` -> ((cidr, name), ...)."""
-    out: list[tuple[str, str]] = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        cidr, sep, name = part.partition("=")
-        if not sep or not name.strip():
-            raise ValueError(f"entry {part!r} is not CIDR=NAME")
-        try:
-            net = ipaddress.ip_network(cidr.strip(), strict=False)
-        except ValueError as exc:
-            raise ValueError(f"entry {part!r}: {exc}") from None
-        out.append((str(net), name.strip()))
-    return tuple(out)
+def _path(text: str) -> str:
+    if not text.startswith("/") or len(text) > 4096:
+        raise ValueError("must be an absolute path")
+    return text
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise ValueError("must be a positive integer")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError("must be a positive number")
-    return value
-
-
-def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+def _int_in(low: int, high: int, multiple_of: int = 1) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        value = int(text)
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError("must be a whole number") from None
         if not low <= value <= high:
             raise ValueError(f"must be between {low} and {high}")
-        return value
-
-    return parse
-
-
-def _ratio(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError("must be between 0 and 1")
-    return value
-
-
-def _int_in(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if not low <= value <= high:
-            raise ValueError(f"must be an integer from {low} to {high}")
+        if value % multiple_of:
+            raise ValueError(f"must be a multiple of {multiple_of}")
         return value
 
     return parse
@@ -112,18 +77,25 @@ def _int_in(low: int, high: int) -> Callable[[str], int]:
 
 def _float_in(low: float, high: float) -> Callable[[str], float]:
     def parse(text: str) -> float:
-        value = float(text)
-        if not low <= value <= high:  # also rejects nan
-            raise ValueError(f"must be a number from {low:g} to {high:g}")
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError("must be a number") from None
+        if not low <= value <= high:  # also refuses nan
+            raise ValueError(f"must be between {low:g} and {high:g}")
         return value
 
     return parse
 
 
-def _path(text: str) -> str:
-    if not text.startswith("/") or len(text) > 4096:
-        raise ValueError("must be an absolute path")
-    return text
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("must be a number between 0 and 1") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be between 0 and 1")
+    return value
 
 
 def _bool(text: str) -> bool:
@@ -144,13 +116,84 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+MAX_REGEX_CHARS = 1024
+
+
 def _regex(text: str) -> str:
-    re.compile(text)
+    if len(text) > MAX_REGEX_CHARS:
+        raise ValueError(f"longer than {MAX_REGEX_CHARS} characters")
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
     return text
 
 
-def _text(text: str) -> str:
+def _file_path(text: str) -> str:
+    """A file path: not empty, one line, at most PATH_MAX."""
+    if not text.strip():
+        raise ValueError("is empty (unset it instead)")
+    if any(c in text for c in "\n\r\0"):
+        raise ValueError("contains a newline or NUL")
+    if len(text.encode()) > 4096:
+        raise ValueError("longer than 4096 bytes")
     return text
+
+
+def _netns_name(text: str) -> str:
+    """A name under /run/netns: one path component."""
+    if not text or text in (".", "..") or "/" in text or "\0" in text or "\n" in text:
+        raise ValueError("expected a network namespace name (as in `ip netns list`)")
+    if len(text.encode()) > 255:
+        raise ValueError("longer than 255 bytes")
+    return text
+
+
+# Kubernetes node names are DNS subdomains (RFC 1123): what the API would accept.
+_NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _node_name(text: str) -> str:
+    if not text:
+        raise ValueError("is empty (unset it to use the host name)")
+    if len(text) > 253 or not _NODE_NAME.fullmatch(text):
+        raise ValueError("expected a Kubernetes node name (lower-case DNS subdomain, at most 253 characters)")
+    return text
+
+
+MAX_EXTERNAL_CIDRS = 4096
+
+
+def parse_cidr_names(text: str) -> tuple[tuple[str, str], ...]:
+    """`10.96.0.0/12=cluster-services,0.0.0.0/0=internet` -> ((cidr, name), ...)."""
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        cidr, sep, name = part.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ValueError(f"entry {part!r} is not CIDR=NAME")
+        if len(name) > 253 or not name.isprintable():
+            raise ValueError(f"entry {part!r}: the name must be printable, at most 253 characters")
+        try:
+            net = ipaddress.ip_network(cidr.strip(), strict=False)
+        except ValueError as exc:
+            raise ValueError(f"entry {part!r}: {exc}") from None
+        if str(net) in seen:
+            raise ValueError(f"CIDR {net} is listed twice")
+        seen.add(str(net))
+        out.append((str(net), name))
+    if len(out) > MAX_EXTERNAL_CIDRS:
+        raise ValueError(f"more than {MAX_EXTERNAL_CIDRS} entries")
+    return tuple(out)
+
+
+# Ring memory is kernel memory, charged to no pod's cgroup: a ring too large takes the node down.
+PAGE_KIB = 4
+MAX_RING_BLOCK_KIB = 16 * 1024  # one block; the kernel allocates it contiguous or vmalloc'd
+MAX_RING_BLOCKS = 4096
+MAX_RING_RETIRE_MS = 60_000  # the kernel field is 32 bits; past a minute a quiet block never retires
+MAX_RING_MEMORY_MIB = 2048  # the hard cap on PODWIRE_RING_MEMORY_MIB itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +219,8 @@ class Settings:
     ring_block_kib: int = 256
     ring_blocks: int = 32
     ring_retire_ms: int = 100
+    # Hard cap on the kernel memory of all rings together (one ring is block_kib x blocks).
+    ring_memory_mib: int = 256
     # tracker
     max_connections: int = 262_144
     max_half_open: int = 65_536
@@ -222,6 +267,16 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
+    @property
+    def ring_bytes(self) -> int:
+        """Kernel memory of one capture ring."""
+        return self.ring_block_kib * 1024 * self.ring_blocks
+
+    @property
+    def max_rings(self) -> int:
+        """How many rings fit under the ring memory cap (at least one: load() checks one fits)."""
+        return max(1, self.ring_memory_mib * 1024 * 1024 // self.ring_bytes)
+
 
 # field -> parser; the env name is PODWIRE_<FIELD upper>.
 _FIELDS: dict[str, Callable[[str], Any]] = {
@@ -233,38 +288,39 @@ _FIELDS: dict[str, Callable[[str], Any]] = {
     "http_workers": _int_in(1, 64),
     "log_format": _choice("json", "console"),
     "log_level": _choice("debug", "info", "warning", "error"),
-    "netns": _text,
+    "netns": _netns_name,
     "interface_include": _regex,
     "interface_exclude": _regex,
     "veth_only": _bool,
-    "ring_block_kib": _positive_int,
-    "ring_blocks": _positive_int,
-    "ring_retire_ms": _positive_int,
-    "max_connections": _positive_int,
-    "max_half_open": _positive_int,
-    "syn_timeout_s": _positive_float,
-    "closing_timeout_s": _positive_float,
-    "idle_timeout_s": _positive_float,
+    "ring_block_kib": _int_in(PAGE_KIB, MAX_RING_BLOCK_KIB, multiple_of=PAGE_KIB),
+    "ring_blocks": _int_in(1, MAX_RING_BLOCKS),
+    "ring_retire_ms": _int_in(1, MAX_RING_RETIRE_MS),
+    "ring_memory_mib": _int_in(1, MAX_RING_MEMORY_MIB),
+    "max_connections": _int_in(1, 16_777_216),
+    "max_half_open": _int_in(1, 4_194_304),
+    "syn_timeout_s": _float_in(0.01, 3600.0),
+    "closing_timeout_s": _float_in(0.01, 86_400.0),
+    "idle_timeout_s": _float_in(0.01, 30 * 86_400.0),
     "sockstats": _bool,
     "sockstats_interval_s": _float_in(0.1, 3600.0),
     "netns_dir": _path,
-    "inventory": _text,
+    "inventory": _file_path,
     "kube": _choice("auto", "on", "off"),
-    "kubeconfig": _text,
-    "node_name": _text,
+    "kubeconfig": _file_path,
+    "node_name": _node_name,
     "external_cidrs": parse_cidr_names,
-    "identity_history_s": _positive_float,
+    "identity_history_s": _float_in(1.0, 7 * 86_400.0),
     "dns_names": _bool,
     "tls": _bool,
-    "tls_max_connections": _bounded_int(1, 1_048_576),
-    "tls_max_handshake_kib": _bounded_int(1, 1024),
+    "tls_max_connections": _int_in(1, 1_048_576),
+    "tls_max_handshake_kib": _int_in(1, 1024),
     "otlp": _choice("auto", "on", "off"),
     "spans": _bool,
     "span_sample_ratio": _ratio,
     "label_pod_names": _bool,
     "label_client_port": _bool,
-    "max_series": _positive_int,
-    "export_queue_size": _positive_int,
+    "max_series": _int_in(1, 1_000_000),
+    "export_queue_size": _int_in(1, 1_048_576),
     "views_window_s": _float_in(1.0, 86_400.0),
     "views_max_connections": _int_in(1, 1_000_000),
     "views_max_edges": _int_in(1, 100_000),
@@ -311,4 +367,14 @@ def load(
             problems.append(f"bad setting {source}={text!r}: {exc}")
     if problems:
         raise ConfigError(problems)
-    return dataclasses.replace(base or Settings(), **values)
+    settings = dataclasses.replace(base or Settings(), **values)
+    ring_kib = settings.ring_block_kib * settings.ring_blocks
+    if ring_kib > settings.ring_memory_mib * 1024:
+        raise ConfigError(
+            [
+                f"bad setting {env_name('ring_block_kib')} x {env_name('ring_blocks')}: one ring would be "
+                f"{ring_kib // 1024} MiB, above the ring memory cap {env_name('ring_memory_mib')}="
+                f"{settings.ring_memory_mib}"
+            ]
+        )
+    return settings

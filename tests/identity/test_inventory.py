@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from podwire.config import ConfigError, Settings
-from podwire.identity import build_service
+from podwire.identity import build_service, inventory
 from podwire.identity.inventory import InventoryError, load, parse
 from podwire.model import DnsAnswer, IdentityKind
 
@@ -159,3 +160,32 @@ def test_cli_replay_with_a_broken_inventory_prints_one_line_and_no_traceback(tmp
         f"podwire: inventory {inv}: pods[0] (web-1): workload_kind 'Deploymnet' is not one of "
         "Deployment, StatefulSet, DaemonSet, Job, CronJob, ReplicaSet, Pod"
     ]
+
+
+def test_a_device_or_fifo_is_refused_without_reading_it(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", str(tmp_path), str(fifo)):
+        with pytest.raises(inventory.InventoryError) as info:
+            inventory.load(path)
+        (problem,) = info.value.problems
+        assert problem.startswith(f"inventory {path}: ")
+
+
+def test_deep_nesting_is_one_line_not_a_recursion_error(tmp_path: Path) -> None:
+    for text in ("[" * 100_000, "{a: " * 100_000, "pods: " + "[" * 50_000):
+        path = tmp_path / "deep.yaml"
+        path.write_text(text)
+        with pytest.raises(inventory.InventoryError) as info:
+            inventory.load(path)
+        (problem,) = info.value.problems
+        assert "\n" not in problem
+
+
+def test_a_file_past_the_size_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text("pods: []\n" + "#" * 2000 + "\n")
+    monkeypatch.setattr(inventory, "MAX_INVENTORY_BYTES", 1024)
+    with pytest.raises(inventory.InventoryError) as info:
+        inventory.load(path)
+    assert "larger than" in info.value.problems[0]

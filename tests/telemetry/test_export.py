@@ -386,3 +386,50 @@ def test_metrics_text_has_each_sample_once_after_flushes_and_concurrent_scrapes(
         assert all(len(closed_samples(text)) == 1 for text in texts)
     finally:
         t.shutdown(3)
+
+
+def test_otel_values_the_exporters_would_choke_on_are_refused_up_front(tmp_path: Path) -> None:
+    key_file = tmp_path / "key.pem"
+    key_file.write_text("-----BEGIN PRIVATE KEY-----\n")
+    ok = OtlpConfig.from_env(
+        Settings(otlp="on"),
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "https://collector:4317",
+            "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY": str(key_file),
+            "OTEL_EXPORTER_OTLP_TRACES_INSECURE": "true",
+        },
+    )
+    assert (ok.traces_insecure, ok.metrics_insecure) == (True, None)
+    with pytest.raises(ExportConfigError) as err:
+        OtlpConfig.from_env(
+            Settings(otlp="on"),
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:0",
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "grpc://collector:4317",
+                "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": "zstd",
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(tmp_path),
+                "OTEL_EXPORTER_OTLP_METRICS_INSECURE": "1",
+                "OTEL_METRIC_EXPORT_INTERVAL": "1e15",
+            },
+        )
+    lines = str(err.value).splitlines()
+    for key in (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_METRICS_INSECURE",
+        "OTEL_METRIC_EXPORT_INTERVAL",
+    ):
+        assert sum(line.startswith(f"bad {key}=") for line in lines) == 1, (key, lines)
+    assert len(lines) == 6
+
+
+def test_a_signal_endpoint_without_otlp_is_a_warning_not_an_error() -> None:
+    env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4317"}
+    auto = OtlpConfig.from_env(Settings(), env)
+    assert auto.enabled is False
+    (warning,) = auto.warnings
+    assert "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" in warning and "unset" in warning
+    assert OtlpConfig.from_env(Settings(otlp="on"), env).warnings == ()

@@ -14,6 +14,8 @@ reported as one line naming the entry; no traceback reaches the user.
 from __future__ import annotations
 
 import ipaddress
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,12 +55,24 @@ class Inventory:
             index.set(entry.key, entry.addresses, entry.identity, at)
 
 
+# A regular file of at most this size: /dev/zero or a FIFO would be read forever.
+MAX_INVENTORY_BYTES = 64 << 20
+
+
 def load(path: str | Path) -> Inventory:
     src = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (regular files ignore it)
+        with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise InventoryError([f"inventory {src}: not a regular file"])
+            data = f.read(MAX_INVENTORY_BYTES + 1)
     except OSError as exc:
         raise InventoryError([f"inventory {src}: cannot read it: {exc.strerror or exc}"]) from None
+    if len(data) > MAX_INVENTORY_BYTES:
+        raise InventoryError([f"inventory {src}: larger than {MAX_INVENTORY_BYTES} bytes"])
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         problem = f"inventory {src}: not UTF-8 text ({exc.reason} at byte {exc.start})"
         raise InventoryError([problem]) from None
@@ -69,6 +83,8 @@ def parse(text: str, source: str = "<inventory>") -> Inventory:
     where = f"inventory {source}"
     try:
         doc = yaml.safe_load(text)
+    except RecursionError:  # the composer recurses per nesting level; ours has four
+        raise InventoryError([f"{where}: nested too deep to be an inventory"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]

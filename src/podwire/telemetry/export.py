@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import threading
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -130,6 +131,10 @@ class OtlpConfig:
     timeout_s: float
     metric_interval_ms: float
     resource_attributes: tuple[tuple[str, str], ...]
+    # OTEL_EXPORTER_OTLP_[SIGNAL_]INSECURE, when set; else plain text unless the endpoint is https
+    traces_insecure: bool | None = None
+    metrics_insecure: bool | None = None
+    warnings: tuple[str, ...] = ()  # settings that can run but are probably not what was meant
 
     @classmethod
     def from_env(cls, settings: Settings, env: Mapping[str, str]) -> OtlpConfig:
@@ -155,6 +160,27 @@ class OtlpConfig:
                 root = "http://" + root
             return root if proto == GRPC else root.rstrip("/") + path
 
+        for key in ("OTEL_EXPORTER_OTLP_ENDPOINT", *(f"OTEL_EXPORTER_OTLP_{s}_ENDPOINT" for s in _SIGNALS)):
+            _check_endpoint(key, env.get(key, "").strip(), problems)
+        for signal in ("", *(s + "_" for s in _SIGNALS)):
+            _check_compression(env, f"OTEL_EXPORTER_OTLP_{signal}COMPRESSION", problems)
+            for what in ("CERTIFICATE", "CLIENT_CERTIFICATE", "CLIENT_KEY"):
+                _check_pem_file(env, f"OTEL_EXPORTER_OTLP_{signal}{what}", problems)
+        insecure = _env_bool(env, "OTEL_EXPORTER_OTLP_INSECURE", problems)
+        traces_insecure = _env_bool(env, "OTEL_EXPORTER_OTLP_TRACES_INSECURE", problems)
+        metrics_insecure = _env_bool(env, "OTEL_EXPORTER_OTLP_METRICS_INSECURE", problems)
+        warnings: list[str] = []
+        if not enabled:
+            for key in sorted(env):
+                if key.startswith("OTEL_EXPORTER_OTLP_") and key.endswith("_ENDPOINT") and env[key].strip():
+                    why = (
+                        "PODWIRE_OTLP=off"
+                        if settings.otlp == "off"
+                        else "OTEL_EXPORTER_OTLP_ENDPOINT is unset"
+                    )
+                    warnings.append(
+                        f"{key} is set but OTLP export is off ({why}; set PODWIRE_OTLP=on to export)"
+                    )
         try:
             headers = tuple(
                 parse_env_headers(env.get("OTEL_EXPORTER_OTLP_HEADERS", ""), liberal=True).items()
@@ -162,8 +188,11 @@ class OtlpConfig:
         except ValueError as exc:
             problems.append(f"bad OTEL_EXPORTER_OTLP_HEADERS: {exc}")
             headers = ()
-        timeout = _env_float(env, "OTEL_EXPORTER_OTLP_TIMEOUT", DEFAULT_TIMEOUT_S * 1000, problems) / 1000
-        interval = _env_float(env, "OTEL_METRIC_EXPORT_INTERVAL", 60_000.0, problems)
+        timeout = (
+            _env_float(env, "OTEL_EXPORTER_OTLP_TIMEOUT", DEFAULT_TIMEOUT_S * 1000, MAX_TIMEOUT_MS, problems)
+            / 1000
+        )
+        interval = _env_float(env, "OTEL_METRIC_EXPORT_INTERVAL", 60_000.0, MAX_INTERVAL_MS, problems)
         resource = _parse_resource_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", ""), problems)
         if problems:
             raise ExportConfigError("\n".join(problems))
@@ -177,10 +206,20 @@ class OtlpConfig:
             timeout,
             interval,
             resource,
+            traces_insecure if traces_insecure is not None else insecure,
+            metrics_insecure if metrics_insecure is not None else insecure,
+            tuple(warnings),
         )
 
 
-def _env_float(env: Mapping[str, str], key: str, default: float, problems: list[str]) -> float:
+_SIGNALS = ("TRACES", "METRICS")
+MAX_TIMEOUT_MS = 600_000.0
+MAX_INTERVAL_MS = 86_400_000.0
+COMPRESSIONS = ("gzip", "deflate", "none")
+MAX_PEM_BYTES = 1 << 20
+
+
+def _env_float(env: Mapping[str, str], key: str, default: float, high: float, problems: list[str]) -> float:
     text = env.get(key, "").strip()
     if not text:
         return default
@@ -188,10 +227,67 @@ def _env_float(env: Mapping[str, str], key: str, default: float, problems: list[
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 0:
-        problems.append(f"bad {key}={text!r}: must be a positive number")
+    if not 0 < value <= high:
+        problems.append(f"bad {key}={text!r}: must be a number of milliseconds, above 0 and at most {high:g}")
         return default
     return value
+
+
+def _env_bool(env: Mapping[str, str], key: str, problems: list[str]) -> bool | None:
+    text = env.get(key, "").strip().lower()
+    if not text:
+        return None
+    if text in ("true", "false"):
+        return text == "true"
+    problems.append(f"bad {key}={env[key]!r}: expected true or false")
+    return None
+
+
+def _check_endpoint(key: str, text: str, problems: list[str]) -> None:
+    """An OTLP endpoint is http(s)://host[:port][/path]; anything else would retry forever."""
+    if not text:
+        return
+    url = text if "://" in text else "http://" + text
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        problems.append(f"bad {key}={text!r}: not a URL ({exc})")
+        return
+    if parts.scheme not in ("http", "https"):
+        problems.append(f"bad {key}={text!r}: the scheme must be http or https")
+    elif not parts.hostname:
+        problems.append(f"bad {key}={text!r}: no host")
+    elif port == 0:
+        problems.append(f"bad {key}={text!r}: port 0")
+    elif any(c.isspace() for c in text):
+        problems.append(f"bad {key}={text!r}: contains white space")
+
+
+def _check_compression(env: Mapping[str, str], key: str, problems: list[str]) -> None:
+    text = env.get(key, "").strip().lower()
+    if text and text not in COMPRESSIONS:
+        problems.append(f"bad {key}={env[key]!r}: expected one of {', '.join(COMPRESSIONS)}")
+
+
+def _check_pem_file(env: Mapping[str, str], key: str, problems: list[str]) -> None:
+    """A certificate or key file the exporters will read: there, a regular file, PEM, not huge."""
+    path = env.get(key, "").strip()
+    if not path:
+        return
+    try:
+        with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                problems.append(f"bad {key}={path!r}: not a regular file")
+                return
+            head = f.read(MAX_PEM_BYTES + 1)
+    except OSError as exc:
+        problems.append(f"bad {key}={path!r}: cannot read it: {exc.strerror or exc}")
+        return
+    if len(head) > MAX_PEM_BYTES:
+        problems.append(f"bad {key}={path!r}: larger than {MAX_PEM_BYTES} bytes")
+    elif b"-----BEGIN " not in head:
+        problems.append(f"bad {key}={path!r}: not a PEM file")
 
 
 def _parse_resource_attributes(text: str, problems: list[str]) -> tuple[tuple[str, str], ...]:
@@ -433,6 +529,8 @@ class Telemetry:
                 self.scope,
             )
         self._shut = False
+        for warning in self.otlp.warnings:
+            _log.warning("otlp_setting_ignored", problem=warning)
         _log.info(
             "telemetry_ready",
             otlp=self.otlp.enabled,
@@ -455,7 +553,7 @@ class Telemetry:
         if o.metrics_protocol == GRPC:
             return GrpcMetricExporter(
                 endpoint=o.metrics_endpoint,
-                insecure=_insecure(o.metrics_endpoint),
+                insecure=_insecure(o.metrics_endpoint, o.metrics_insecure),
                 headers=o.headers,
                 timeout=o.timeout_s,
                 preferred_temporality=_CUMULATIVE,
@@ -473,7 +571,7 @@ class Telemetry:
         if o.traces_protocol == GRPC:
             return _FastGrpcSpanExporter(
                 endpoint=o.traces_endpoint,
-                insecure=_insecure(o.traces_endpoint),
+                insecure=_insecure(o.traces_endpoint, o.traces_insecure),
                 headers=o.headers,
                 timeout=o.timeout_s,
                 channel_options=GRPC_CHANNEL_OPTIONS,
@@ -521,7 +619,9 @@ class Telemetry:
         return True
 
 
-def _insecure(endpoint: str | None) -> bool:
+def _insecure(endpoint: str | None, setting: bool | None) -> bool:
+    if setting is not None:
+        return setting
     return not (endpoint or "").startswith("https://")
 
 
