@@ -67,3 +67,12 @@ def test_every_sink_gets_each_opened_and_each_named_connection_as_real_frozen_ob
             named.client = NAMES["10.0.0.2"]  # type: ignore[misc]
     # names are looked up at the connection's start, once per end per event, not per sink
     assert resolver.calls == [("10.0.0.1", 10.0), ("10.0.0.2", 10.0)] * 2
+
+
+def test_more_rings_than_the_ring_memory_cap_allows_are_refused_at_start() -> None:
+    from podwire.agent import StartError, check_start
+    from podwire.config import Settings
+
+    settings = Settings(ring_block_kib=256, ring_blocks=32, ring_memory_mib=16)  # two 8 MiB rings
+    with pytest.raises(StartError, match=r"3 capture rings of 8 MiB exceed .*PODWIRE_RING_MEMORY_MIB=16"):
+        check_start(settings, ["a", "b", "c"])

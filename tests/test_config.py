@@ -155,7 +155,7 @@ def test_one_ring_larger_than_the_ring_memory_cap_is_refused() -> None:
     settings = config.load(env={"PODWIRE_RING_BLOCK_KIB": "4096", "PODWIRE_RING_BLOCKS": "128",
                                 "PODWIRE_RING_MEMORY_MIB": "1024"})  # fmt: skip
     assert settings.max_rings == 2
-    assert config.Settings().max_rings == 64  # 4 MiB rings under 256 MiB
+    assert config.Settings().max_rings == 32  # 8 MiB rings under 256 MiB
 
 
 def test_duplicate_cidrs_are_refused_whatever_their_spelling() -> None:

@@ -280,6 +280,11 @@ def check_start(settings: Settings, namespaces: Sequence[str | None]) -> None:
     """Everything the agent needs, checked before anything starts: StartError with one line."""
     from podwire.capture import netns
 
+    if len(namespaces) > settings.max_rings:  # one ring per namespace: kernel memory, outside any cgroup
+        raise StartError(
+            f"{len(namespaces)} capture rings of {settings.ring_bytes >> 20} MiB exceed the ring memory cap "
+            f"PODWIRE_RING_MEMORY_MIB={settings.ring_memory_mib}"
+        )
     _check_capture_permission()
     for ns in namespaces:
         try:
