@@ -434,11 +434,26 @@ class Agent:
             self.sampler = Sampler(targets, settings.sockstats_interval_s, settings.max_connections)
             self.telemetry.add_source(self._sockstats_snapshot)
         self.telemetry.add_source(self._identity_snapshot)
+        self.telemetry.add_source(self._views_snapshot)
         self.http = HttpServer(*settings.listen, HttpLimits.from_settings(settings))
         health_routes(self.http, self.ready)
         metrics_route(self.http, self.telemetry.metrics_text, METRICS_CONTENT_TYPE)
         self.views = Views.from_settings(settings, self.store)
         self.views.register(self.http)
+
+    def _views_snapshot(self) -> AgentSnapshot:
+        v, h = self.store.stats, self.http.stats
+        return AgentSnapshot(
+            views_connections=len(self.store),
+            views_evictions={"age": v.evicted_age, "size": v.evicted_size, "edges": v.edges_evicted},
+            http_closed={
+                "idlest_at_cap": h.evicted_at_cap,
+                "refused_at_cap": h.refused_at_cap,
+                "timeout": h.timed_out,
+                "bad_request": h.bad_requests,
+                "accept_error": h.accept_errors,
+            },
+        )
 
     def _identity_snapshot(self) -> AgentSnapshot:
         return AgentSnapshot(identity_misses=self.identity.stats().index.lookups_missed)

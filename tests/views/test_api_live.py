@@ -295,3 +295,19 @@ def test_the_page_is_self_contained(world: World) -> None:
     assert "<script src" not in html and "<link" not in html
     assert [u for u in ("http://", "https://") for _ in range(html.count(u))] == ["http://"]
     assert 'SVGNS = "http://www.w3.org/2000/svg"' in html
+
+
+def test_the_store_and_the_listener_report_on_metrics(world: World) -> None:
+    with urllib.request.urlopen(world.url(world.a, "/metrics"), timeout=10) as r:
+        text = r.read().decode()
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(("podwire_agent_views_", "podwire_agent_http_"))
+    }
+    # node-a's agent holds frontend's connections: N_API + N_REFUSED + N_DB (node-b holds report's)
+    assert values["podwire_agent_views_connections"] == N_API + N_REFUSED + N_DB
+    for reason in ("age", "size", "edges"):
+        assert values[f'podwire_agent_views_evictions_total{{reason="{reason}"}}'] == 0
+    for reason in ("idlest_at_cap", "refused_at_cap", "timeout", "bad_request", "accept_error"):
+        assert f'podwire_agent_http_connections_closed_total{{reason="{reason}"}}' in values

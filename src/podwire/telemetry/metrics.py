@@ -273,6 +273,11 @@ class AgentSnapshot:
     sockstats_sockets: int = 0  # seen in the last round
     sockstats_skipped: Mapping[str, int] = field(default_factory=dict)  # reason -> pods
     sockstats_dropped: int = 0
+    views_connections: int = 0  # held by the views' store
+    views_evictions: Mapping[str, int] = field(default_factory=dict)  # reason -> count
+    http_closed: Mapping[str, int] = field(
+        default_factory=dict
+    )  # reason -> connections closed by the listener
 
 
 class ExportCounters:
@@ -373,6 +378,24 @@ class SelfMetrics:
             "Socket samples not used (over the bound, or the capture thread fell behind)",
             one(lambda s: s.sockstats_dropped),
         )
+        gauge(
+            n.AGENT_VIEWS_CONNECTIONS,
+            n.UNIT_CONNECTIONS,
+            "Connections held for the views (Node Graph and TLS APIs, the page)",
+            one(lambda s: s.views_connections),
+        )
+        counter(
+            n.AGENT_VIEWS_EVICTIONS,
+            n.UNIT_ENTRIES,
+            "View entries evicted, by reason",
+            self._by_reason(lambda s: s.views_evictions, n.VIEWS_EVICTION_REASONS),
+        )
+        counter(
+            n.AGENT_HTTP_CLOSED,
+            n.UNIT_CONNECTIONS,
+            "HTTP connections the listener closed or refused, by reason",
+            self._by_reason(lambda s: s.http_closed, n.HTTP_CLOSE_REASONS),
+        )
         counter(n.AGENT_EXPORT_FAILURES, n.UNIT_EVENTS, "Failed export calls", self._failures)
         counter(n.AGENT_EXPORT_DROPPED, n.UNIT_ITEMS, "Spans not delivered", self._dropped)
         if sink is not None:
@@ -391,6 +414,20 @@ class SelfMetrics:
 
     def add_source(self, source: Callable[[], AgentSnapshot]) -> None:
         self._sources.append(source)
+
+    def _by_reason(
+        self, pick: Callable[[AgentSnapshot], Mapping[str, int]], reasons: Sequence[str]
+    ) -> Callable[[], list[Observation]]:
+        """Every known reason, at 0 until it happens (a rate over a missing series is no rate)."""
+
+        def read() -> list[Observation]:
+            total = dict.fromkeys(reasons, 0)
+            for source in self._sources:
+                for reason, count in pick(source()).items():
+                    total[reason] = total.get(reason, 0) + count
+            return [Observation(v, {n.REASON: k}) for k, v in sorted(total.items())]
+
+        return read
 
     def _anomalies(self) -> list[Observation]:
         total: dict[str, int] = {}

@@ -60,6 +60,14 @@ AGENT_SOCKSTATS_DUMP_DURATION: Final = "podwire.agent.sockstats.dump.duration"
 AGENT_SOCKSTATS_SOCKETS: Final = "podwire.agent.sockstats.sockets"
 AGENT_SOCKSTATS_SKIPPED: Final = "podwire.agent.sockstats.pods.skipped"
 AGENT_SOCKSTATS_DROPPED: Final = "podwire.agent.sockstats.dropped"  # sockets over the bound, rounds not fed
+# views and the listener: podwire_agent_views_connections (held),
+# podwire_agent_views_evictions_total{reason=age|size|edges},
+# podwire_agent_http_connections_closed_total{reason}: closed or refused by the listener
+AGENT_VIEWS_CONNECTIONS: Final = "podwire.agent.views.connections"
+AGENT_VIEWS_EVICTIONS: Final = "podwire.agent.views.evictions"
+AGENT_HTTP_CLOSED: Final = "podwire.agent.http.connections.closed"
+VIEWS_EVICTION_REASONS: Final = ("age", "size", "edges")
+HTTP_CLOSE_REASONS: Final = ("idlest_at_cap", "refused_at_cap", "timeout", "bad_request", "accept_error")
 
 # --- edge attributes (Prometheus: dots become underscores) ---------------------------
 CLIENT_WORKLOAD: Final = "client.workload"
