@@ -19,7 +19,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,10 +128,19 @@ class FanOut:
         if not peers:
             return []
         qs = urllib.parse.urlencode(query)
-        with ThreadPoolExecutor(
-            min(self._concurrency, len(peers)), thread_name_prefix="podwire-fanout"
-        ) as pool:
-            return list(pool.map(lambda p: self._one(p, f"http://{p}{path}?{qs}", parse), peers))
+        # an overall deadline too: a peer trickling bytes must not hold the answer past its turn
+        rounds = -(-len(peers) // self._concurrency)
+        deadline = rounds * self.timeout_s + 0.5
+        pool = ThreadPoolExecutor(min(self._concurrency, len(peers)), thread_name_prefix="podwire-fanout")
+        try:
+            futures = [pool.submit(self._one, p, f"http://{p}{path}?{qs}", parse) for p in peers]
+            wait(futures, timeout=deadline)
+            return [
+                f.result() if f.done() else PeerResult(peer, False, deadline, error="timed out (overall)")
+                for peer, f in zip(peers, futures, strict=True)
+            ]
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _one(self, peer: str, url: str, parse: Callable[[Any], Any]) -> PeerResult:
         start = time.monotonic()
