@@ -9,7 +9,7 @@ veth (its podwire_agent_interfaces gauge), read again, stop it.  Reported per po
   pinned kernel pages, the bulk of capture's kernel memory
 - packet rmem: the sockets' receive-queue bytes (/proc/net/packet Rmem)
 - slab delta: /proc/meminfo Slab after - before the agent started (noisy on a busy machine)
-- sockets delta: /proc/net/sockstat "sockets: used" after - before
+- sockets delta: /proc/net/sockstat "sockets: used" after - before (machine-wide: noisy too)
 
 Writes benchmarks/results/capture_kernel_memory.json.  Needs root.  Run it on a quiet machine:
   .venv/bin/python benchmarks/capture_kernel_memory.py [--pods 10,100,250]
@@ -120,7 +120,6 @@ def measure(pods: int) -> dict[str, object]:
         "ring_bytes": rings,
         "packet_rmem_bytes": rmem,
         "slab_delta_bytes": after["Slab"] - before["Slab"],
-        "mem_available_delta_bytes": before["MemAvailable"] - after["MemAvailable"],
         "sockets_delta": socks1 - socks0,
     }
 
@@ -135,13 +134,13 @@ def main() -> int:
     counts = [int(x) for x in args.pods.split(",")]
     rows = [measure(n) for n in counts]
     mib = 1 << 20
-    heads = ("pods", "pkt socks", "ring MiB", "rmem KiB", "slab Δ MiB", "avail Δ MiB", "socks Δ")
+    heads = ("pods", "pkt socks", "ring MiB", "rmem KiB", "slab Δ MiB", "socks Δ")
     print(" ".join(f"{h:>11}" for h in heads))
     for r in rows:
         print(
             f"{r['pods']:>11} {r['packet_sockets']:>11} {r['ring_bytes'] / mib:>11.1f} "  # type: ignore[operator]
             f"{r['packet_rmem_bytes'] / 1024:>11.1f} {r['slab_delta_bytes'] / mib:>11.1f} "  # type: ignore[operator]
-            f"{r['mem_available_delta_bytes'] / mib:>11.1f} {r['sockets_delta']:>11}"  # type: ignore[operator]
+            f"{r['sockets_delta']:>11}"
         )
     rings = [int(r["ring_bytes"]) for r in rows]  # type: ignore[call-overload]
     flat = len(set(rings)) == 1
