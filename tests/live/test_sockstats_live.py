@@ -117,6 +117,14 @@ def send_exact(sock: socket.socket, n_bytes: int) -> None:
     sock.sendall(b"x" * n_bytes)
 
 
+def move(src: socket.socket, dst: socket.socket, n_bytes: int) -> None:
+    """src sends n_bytes (in a thread, so no buffer fills up), dst reads all of them."""
+    sender = threading.Thread(target=send_exact, args=(src, n_bytes), daemon=True)
+    sender.start()
+    recv_exact(dst, n_bytes)
+    sender.join(30)
+
+
 def recv_exact(sock: socket.socket, n_bytes: int) -> None:
     left = n_bytes
     while left:
@@ -142,10 +150,8 @@ def test_a_long_lived_connection_shows_its_bytes_while_open_and_is_exact_at_clos
         up = down = 0
         seen: list[float] = []
         for i in range(1, 5):  # across several intervals
-            send_exact(c, 100_000 * i)
-            recv_exact(s, 100_000 * i)
-            send_exact(s, 7_000 * i)
-            recv_exact(c, 7_000 * i)
+            move(c, s, 100_000 * i)
+            move(s, c, 7_000 * i)
             up += 100_000 * i
             down += 7_000 * i
             wait_until(lambda: scrape(a, BYTES, **C2S) == up, what=f"{up} bytes on /metrics while open")
@@ -225,3 +231,51 @@ def test_random_drops_show_as_retransmits_on_the_lossy_edge_only(
             s.close()
     for lsock in socks:
         lsock.close()
+
+
+def test_a_connection_older_than_the_agent_gets_its_bytes_from_the_start_and_its_role_and_a_restart_counts_nothing_twice(
+    two_pod_cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster = two_pod_cluster
+    server = cluster.pod("server")
+    lsock = listener(cluster, server, port=8080)
+    # the connection predates every agent: its SYN is never seen
+    c = connect(cluster, "client", server.ipv4, 8080)
+    s, _ = lsock.accept()
+    move(c, s, 1_000_000)
+
+    def ready(a: Agent) -> bool:  # two rounds over both pods: old connections are entered
+        return scrape(a, "podwire_agent_sockstats_dumps_total") >= 4
+
+    with agent(cluster, tmp_path) as (a1, _p1):
+        wait_until(lambda: ready(a1), what="two socket-stats rounds")
+        move(c, s, 30_000)
+        move(s, c, 500)
+        wait_until(lambda: scrape(a1, BYTES, **C2S) == 30_000, what="bytes since the agent started")
+        wait_until(lambda: scrape(a1, BYTES, **S2C) == 500, what="bytes back")
+        # the true roles, from the listening socket (by ports alone 8080 vs an ephemeral port would also
+        # guess right, so the record below checks client_guessed)
+        assert scrape(a1, BYTES, client_workload="frontend", server_workload="api") == 30_500
+    # the agent restarts in the middle of the connection
+    move(c, s, 2_000)  # moves while no agent runs: counted by neither
+    with agent(cluster, tmp_path) as (a2, p2):
+        wait_until(lambda: ready(a2), what="two socket-stats rounds")
+        assert scrape(a2, BYTES, **C2S) == 0  # the kernel's totals so far are not counted again
+        move(c, s, 40_000)
+        wait_until(lambda: scrape(a2, BYTES, **C2S) == 40_000, what="bytes since the restart")
+        time.sleep(2 * INTERVAL)  # a sample after the last byte
+        c.close()
+        assert read_to_eof(s) == 0
+        s.close()
+        wait_until(lambda: len(p2.closed(8080)) == 1, what="the record")
+        (rec,) = p2.closed(8080)
+        assert rec.started_before_capture and not rec.client_guessed and rec.start_time is None
+        assert (rec.client.address, rec.server.address, rec.server.port) == (
+            cluster.pod("client").ipv4,
+            server.ipv4,
+            8080,
+        )
+        assert (rec.bytes_client_to_server, rec.bytes_server_to_client) == (40_000, 0)
+        wait_until(lambda: scrape(a2, "podwire_tcp_connections_total", server_workload="api") == 1)
+        assert scrape(a2, BYTES, **C2S) == 40_000  # the close added nothing twice
+    lsock.close()
