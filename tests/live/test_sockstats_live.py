@@ -279,3 +279,49 @@ def test_a_connection_older_than_the_agent_gets_its_bytes_from_the_start_and_its
         wait_until(lambda: scrape(a2, "podwire_tcp_connections_total", server_workload="api") == 1)
         assert scrape(a2, BYTES, **C2S) == 40_000  # the close added nothing twice
     lsock.close()
+
+
+def _blast(sock: socket.socket, n_bytes: int) -> None:
+    block = memoryview(bytearray(1 << 22))
+    left = n_bytes
+    while left:
+        left -= sock.send(block[: min(len(block), left)])
+
+
+def _sink(sock: socket.socket, n_bytes: int) -> int:
+    buf = bytearray(1 << 22)
+    got = 0
+    while got < n_bytes:
+        k = sock.recv_into(buf)
+        if not k:
+            break
+        got += k
+    return got
+
+
+def test_a_flow_past_4_gib_over_a_veth_is_exact(two_pod_cluster: Cluster, tmp_path: Path) -> None:
+    cluster = two_pod_cluster
+    server = cluster.pod("server")
+    lsock = listener(cluster, server, port=8080)
+    up = (4 << 30) + 123_457  # the 32-bit sequence space wraps at least once
+    down = 65_539
+    with agent(cluster, tmp_path, sockstats_interval_s=0.5) as (a, progress):
+        c = connect(cluster, "client", server.ipv4, 8080)
+        s, _ = lsock.accept()
+        t0 = time.monotonic()
+        sender = threading.Thread(target=_blast, args=(c, up), daemon=True)
+        sender.start()
+        assert _sink(s, up) == up
+        sender.join(30)
+        move(s, c, down)
+        elapsed = time.monotonic() - t0
+        c.close()
+        assert read_to_eof(s) == 0
+        s.close()
+        wait_until(lambda: len(progress.closed(8080)) == 1, what="the record")
+        (rec,) = progress.closed(8080)
+        assert (rec.bytes_client_to_server, rec.bytes_server_to_client) == (up, down), f"{elapsed:.1f} s"
+        wait_until(lambda: scrape(a, "podwire_tcp_connections_total", server_workload="api") == 1)
+        assert scrape(a, BYTES, **C2S) == up
+        assert scrape(a, BYTES, **S2C) == down
+    lsock.close()
