@@ -46,8 +46,11 @@ def receiver() -> Iterator[OtlpReceiver]:
         rx.stop()
 
 
+# a short retire time, and a long one (a valid setting): the kernel hands the last block over only
+# seconds after the signal
+@pytest.mark.parametrize("retire_ms", [RETIRE_MS, 8000])
 def test_every_connection_closed_before_sigterm_is_exported(
-    two_pod_cluster: Cluster, agents: Agents, receiver: OtlpReceiver, tmp_path: Path
+    two_pod_cluster: Cluster, agents: Agents, receiver: OtlpReceiver, tmp_path: Path, retire_ms: int
 ) -> None:
     cluster = two_pod_cluster
     client, srv = cluster.pod("client"), cluster.pod("server")
@@ -57,7 +60,7 @@ def test_every_connection_closed_before_sigterm_is_exported(
         **receiver.env("http/protobuf", interval_ms=1000),
         "PODWIRE_LOG_FORMAT": "json",
         "PODWIRE_SPANS": "false",  # the last export is the metrics one; spans would only slow shutdown
-        "PODWIRE_RING_RETIRE_MS": str(RETIRE_MS),
+        "PODWIRE_RING_RETIRE_MS": str(retire_ms),
     }
     made = [0] * THREADS
     stop = threading.Event()
@@ -83,7 +86,7 @@ def test_every_connection_closed_before_sigterm_is_exported(
         seen = sum(connection_counts(scrape(port)).values())
         # the agent's count moves when a ring block was read; a new one starts with the next packet
         assert wait_until(
-            lambda: sum(connection_counts(scrape(port)).values()) != seen, 3 * RETIRE_MS / 1000, 0.02
+            lambda: sum(connection_counts(scrape(port)).values()) != seen, 3 * retire_ms / 1000, 0.02
         )
         time.sleep(0.4)  # connections into a block that retires only 1.5 s after it started
         closed_before = sum(made)  # each of these returned from close(): every packet was sent
