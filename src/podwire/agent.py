@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 import signal
 import socket
 import sys
@@ -509,16 +511,38 @@ class Agent:
         _log.info("agent_stopped")
 
 
+SHUTDOWN_DEADLINE_S = 5.0  # SIGTERM to exit, whatever the collector or the API server do
+EXIT_MARGIN_S = 1.0  # of which the interpreter's own exit may take this much (thread joins, atexit)
+
+
 class _StopFlag:
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.at: float | None = None  # monotonic time of the first signal
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.at is None:
+            self.at = time.monotonic()
         self.event.set()
 
 
+def _exit_by(deadline: float, code: int) -> None:
+    """Last resort: if the process is still here at `deadline` (a thread the interpreter joins at
+    exit is stuck in a library call), leave now; everything worth keeping was flushed by stop()."""
+
+    def hard_exit() -> None:
+        with contextlib.suppress(Exception):
+            _log.warning("shutdown_deadline_exceeded", action="exit now")
+            sys.stderr.flush()
+        os._exit(code)
+
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), hard_exit)
+    timer.daemon = True
+    timer.start()
+
+
 def run(settings: Settings) -> int:
-    """`podwire run`: the node agent, until SIGTERM/SIGINT."""
+    """`podwire run`: the node agent, until SIGTERM/SIGINT; exits within SHUTDOWN_DEADLINE_S of it."""
     from podwire.telemetry.export import ExportConfigError
 
     stop = _StopFlag()
@@ -536,10 +560,15 @@ def run(settings: Settings) -> int:
         agent.stop(deadline_s=2.0)
         print(f"podwire: {exc}", file=sys.stderr)
         return 2
+    code = 0
     try:
         while not stop.event.wait(0.5):
             if agent.failed is not None:
-                return 1
+                code = 1
+                break
     finally:
-        agent.stop(deadline_s=5.0)
-    return 0
+        began = stop.at if stop.at is not None else time.monotonic()
+        deadline = began + SHUTDOWN_DEADLINE_S
+        _exit_by(deadline - 0.2, code)
+        agent.stop(deadline_s=max(0.5, deadline - EXIT_MARGIN_S - time.monotonic()))
+    return code
