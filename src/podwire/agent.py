@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import os
 import signal
@@ -29,11 +30,14 @@ from podwire.model import (
     ConnectionOpened,
     ConnectionProgress,
     DnsAnswer,
+    Endpoint,
     Identity,
+    IdentityKind,
     NamedConnection,
     PacketSource,
     ProgressSink,
     Resolver,
+    ServiceBackends,
     Sink,
     StatsRound,
 )
@@ -42,6 +46,7 @@ from podwire.tracker.tracker import Tracker, TrackerLimits
 
 if TYPE_CHECKING:
     from podwire.identity.service import IdentityService
+    from podwire.sockstats.conntrack import ConntrackBackends
     from podwire.sockstats.sampler import Sampler
     from podwire.tls.assembler import TlsAssembler
 
@@ -69,8 +74,15 @@ def settle_heap() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
+_VIA_CACHE = 4096  # (backend identity, Service) pairs kept; both sets are small
+
+
 class Pipeline:
-    """Feeds segments to the tracker and hands every event, named, to the sinks."""
+    """Feeds segments to the tracker and hands every event, named, to the sinks.
+
+    With `backends`, a server that is a Service is named by the backend its DNAT chose (the
+    identity carries the Service in `service`), at the open and at the close alike.
+    """
 
     def __init__(
         self,
@@ -79,10 +91,13 @@ class Pipeline:
         sinks: Sequence[Sink],
         learn_dns: Callable[[Sequence[DnsAnswer]], None] | None = None,
         tls: TlsAssembler | None = None,
+        backends: ServiceBackends | None = None,
     ) -> None:
         self.tracker = tracker
         self.tls = tls  # joins handshake facts to records (None: TLS insight off)
         self._resolve = resolver.resolve
+        self._backends = backends
+        self._via: dict[tuple[Identity, str], Identity] = {}
         self._sinks = tuple(sinks)
         # bound once: the dispatch loop runs per connection
         self._on_opened = tuple(sink.on_opened for sink in self._sinks)
@@ -118,19 +133,17 @@ class Pipeline:
         self._dispatch(self.tracker.flush(now))
 
     def _dispatch(self, events: Sequence[ConnectionEvent]) -> None:
-        resolve = self._resolve
+        name = self._name
         tls = self.tls
         for event in events:
             if isinstance(event, ConnectionOpened):
-                client = resolve(event.client.address, event.start_time)
-                server = resolve(event.server.address, event.start_time)
+                client, server = name(event.client, event.server, event.client_isn, event.start_time)
                 for on_opened in self._on_opened:
                     on_opened(event, client, server)
                 continue
             if isinstance(event, ConnectionProgress):
                 when = event.start_time if event.start_time is not None else event.ts
-                client = resolve(event.client.address, when)
-                server = resolve(event.server.address, when)
+                client, server = name(event.client, event.server, event.client_isn, when)
                 for on_progress in self._on_progress:
                     on_progress(event, client, server)
                 continue
@@ -140,11 +153,33 @@ class Pipeline:
                     event = msgspec.structs.replace(event, tls=info)
             # who held each address when the connection started (as identity.name_connection)
             at = event.start_time if event.start_time is not None else event.end_time
-            named = NamedConnection(
-                event, resolve(event.client.address, at), resolve(event.server.address, at)
-            )
+            client, server = name(event.client, event.server, event.client_isn, at)
+            named = NamedConnection(event, client, server)
             for on_connection in self._on_connection:
                 on_connection(named)
+
+    def _name(
+        self, client: Endpoint, server: Endpoint, client_isn: int | None, at: float | None
+    ) -> tuple[Identity, Identity]:
+        """Who held each address at `at`; a Service server becomes the backend its DNAT chose (with
+        `backends`), carrying the Service, so opened, progress and closed events name one edge."""
+        resolve = self._resolve
+        named_client, named_server = resolve(client.address, at), resolve(server.address, at)
+        if self._backends is None or named_server.kind is not IdentityKind.SERVICE:
+            return named_client, named_server
+        found = self._backends.backend(client, server, client_isn)
+        if found is None:
+            return named_client, named_server
+        pod = resolve(found.address, at)
+        if pod.kind is not IdentityKind.POD:
+            return named_client, named_server  # DNATed somewhere we cannot name better than the Service
+        key = (pod, named_server.name)
+        via = self._via.get(key)
+        if via is None:
+            if len(self._via) >= _VIA_CACHE:
+                self._via.clear()
+            via = self._via[key] = dataclasses.replace(pod, service=named_server.name)
+        return named_client, via
 
 
 class CollectingSink:
@@ -311,7 +346,14 @@ class NodeCapture:
         except (OSError, ValueError, BpfError) as exc:
             raise StartError(f"capture cannot start: {exc}") from None
         self.tracker = Tracker(TrackerLimits.from_settings(settings))
-        self.pipeline = Pipeline(self.tracker, resolver, sinks, resolver.learn_dns, tls_assembler(settings))
+        self.backends: ConntrackBackends | None = None
+        if settings.service_backends:
+            from podwire.sockstats.conntrack import ConntrackBackends
+
+            self.backends = ConntrackBackends(settings.netns)
+        self.pipeline = Pipeline(
+            self.tracker, resolver, sinks, resolver.learn_dns, tls_assembler(settings), self.backends
+        )
         self.failed: str | None = None
         self._stop = threading.Event()
         # socket-stats rounds from the sampler thread, fed to the tracker on this capture thread
@@ -338,6 +380,7 @@ class NodeCapture:
             tracker_entries=trk.entries,
             tracker_evictions=sum(trk.evictions.values()),
             tracker_anomalies=dict(trk.anomalies),
+            service_backends=self.backends.counts() if self.backends is not None else {},
         )
 
     def deliver_stats(self, stats: StatsRound) -> None:
@@ -376,6 +419,8 @@ class NodeCapture:
         if self._thread.is_alive():
             self._thread.join(max(0.0, deadline - time.monotonic()))
         self.capture.close()
+        if self.backends is not None:
+            self.backends.close()
 
 
 class Agent:

@@ -243,6 +243,7 @@ class Settings:
     tls: bool = True
     tls_max_connections: int = 4096  # connections whose handshake is being reassembled
     tls_max_handshake_kib: int = 32  # per direction of one connection
+    service_backends: bool = True  # name a Service's connections by the backend conntrack shows
     # telemetry
     otlp: str = "auto"  # auto (on when OTEL_EXPORTER_OTLP_ENDPOINT is set) | on | off
     spans: bool = True
@@ -314,6 +315,7 @@ _FIELDS: dict[str, Callable[[str], Any]] = {
     "tls": _bool,
     "tls_max_connections": _int_in(1, 1_048_576),
     "tls_max_handshake_kib": _int_in(1, 1024),
+    "service_backends": _bool,
     "otlp": _choice("auto", "on", "off"),
     "spans": _bool,
     "span_sample_ratio": _ratio,

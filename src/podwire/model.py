@@ -206,6 +206,8 @@ class Identity:
     workload_kind: str | None = None  # Deployment, StatefulSet, DaemonSet, Job, CronJob, ReplicaSet, Pod
     node: str | None = None
     host_network: bool = False
+    # The Service this pod was reached through (a ClusterIP DNATed to it, read from conntrack).
+    service: str | None = None
 
     @property
     def workload_name(self) -> str:
@@ -250,6 +252,12 @@ class Resolver(Protocol):
     """IP address -> who held it at a given time (identity room)."""
 
     def resolve(self, address: str, at: float | None) -> Identity: ...
+
+
+class ServiceBackends(Protocol):
+    """Which backend a Service address was DNATed to for one connection (sockstats room)."""
+
+    def backend(self, client: Endpoint, server: Endpoint, client_isn: int | None) -> Endpoint | None: ...
 
 
 class Sink(Protocol):

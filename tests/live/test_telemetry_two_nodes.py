@@ -2,6 +2,7 @@
 
 node-a: client-a (shop/frontend), server-a (shop/api);  node-b: client-b (batch/report),
 server-b (shop/db);  Service shop/server-a 10.96.0.10:80 -> server-a:8080 (DNAT on every node).
+The client's node names the ClusterIP connection by its backend (conntrack), with the Service kept.
 Each agent is the real `podwire.agent.Agent` (capture in its node namespace, tracker, inventory
 identity, telemetry) exporting over gRPC to tests/otlp_receiver.py.
 """
@@ -113,7 +114,7 @@ def test_two_agents_count_each_connection_once_and_pair_its_spans_through_dnat(
         expected = {
             ("frontend", "api"): PER_EDGE,
             ("frontend", "db"): PER_EDGE,
-            ("report", "server-a"): PER_EDGE,
+            ("report", "api"): PER_EDGE,  # the ClusterIP, named by the backend its DNAT chose
         }
         receiver.wait_for(lambda: edges() == expected, timeout=30, interval=0.5)
         # exactly once, cluster-wide: same-node seen on two veths, cross-node seen by two agents
@@ -123,7 +124,14 @@ def test_two_agents_count_each_connection_once_and_pair_its_spans_through_dnat(
             for p in receiver.latest_points_all(n.TCP_CONNECTIONS)
             if p.attributes[n.CLIENT_WORKLOAD] == "report"
         ]
-        assert via_service.attributes[n.SERVER_WORKLOAD_KIND] == "service"
+        assert via_service.attributes[n.SERVER_WORKLOAD_KIND] == "Deployment"
+        assert via_service.attributes[n.SERVER_SERVICE] == "server-a"
+        assert via_service.attributes[n.SERVER_PORT] == 80  # the port the client dialled
+        assert all(
+            n.SERVER_SERVICE not in p.attributes
+            for p in receiver.latest_points_all(n.TCP_CONNECTIONS)
+            if p.attributes[n.CLIENT_WORKLOAD] == "frontend"
+        )
         assert via_service.resource["service.instance.id"] == "node-b"  # the client's node counted it
         bytes_ = receiver.totals(n.TCP_BYTES, n.DIRECTION)  # exact payload bytes, from sequence numbers
         assert bytes_ == {"client_to_server": 300.0 * 3 * PER_EDGE, "server_to_client": 700.0 * 3 * PER_EDGE}
@@ -159,7 +167,9 @@ def test_two_agents_count_each_connection_once_and_pair_its_spans_through_dnat(
             assert s.resource["service.name"] == "api" and s.resource["k8s.pod.name"] == "server-a"  # type: ignore[attr-defined]
             assert s.attributes["server.address"] == server_a.ipv4 and s.attributes["server.port"] == 8080  # type: ignore[attr-defined]
             assert c.attributes["client.port"] == s.attributes["client.port"]  # type: ignore[attr-defined]
-        # the service graph draws report -> server-a once per connection
+            assert c.attributes[n.SERVER_SERVICE] == "server-a"  # type: ignore[attr-defined]
+            assert "peer.service" not in c.attributes  # type: ignore[attr-defined]  # the backend sends its own span
+        # the service graph draws report -> api (the backend) once per connection
         sg = {
             (p.attributes["client"], p.attributes["server"]): p.value
             for p in receiver.latest_points_all(n.SG_REQUEST)
@@ -167,7 +177,7 @@ def test_two_agents_count_each_connection_once_and_pair_its_spans_through_dnat(
         assert sg == {
             ("frontend", "api"): PER_EDGE,
             ("frontend", "db"): PER_EDGE,
-            ("report", "server-a"): PER_EDGE,
+            ("report", "api"): PER_EDGE,
         }
     finally:
         stop.set()

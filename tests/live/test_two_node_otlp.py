@@ -63,13 +63,14 @@ def test_two_agents_count_each_connection_once_and_pair_its_spans(
         up_bytes: dict[tuple[str, str], float] = {}
         for p in rx.latest_points_all(n.TCP_BYTES):
             a = p.attributes
-            key = (a[n.CLIENT_WORKLOAD] + "->" + a[n.SERVER_WORKLOAD], a[n.DIRECTION])
+            key = (f"{a[n.CLIENT_WORKLOAD]}->{a[n.SERVER_WORKLOAD]}:{a[n.SERVER_PORT]}", a[n.DIRECTION])
             up_bytes[key] = up_bytes.get(key, 0) + (p.value or 0)
-        assert up_bytes[("frontend->api", n.CLIENT_TO_SERVER)] == sum(100 + i for i in range(5))
-        assert up_bytes[("frontend->api", n.SERVER_TO_CLIENT)] == 5 * 700
-        assert up_bytes[("frontend->db", n.SERVER_TO_CLIENT)] == 4 * 900
-        assert up_bytes[("report->server-a", n.CLIENT_TO_SERVER)] == sum(400 + i for i in range(6))
-        assert up_bytes[("report->server-a", n.SERVER_TO_CLIENT)] == 6 * 700
+            assert a.get(n.SERVER_SERVICE) == ("server-a" if a[n.SERVER_PORT] == 80 else None)
+        assert up_bytes[("frontend->api:8080", n.CLIENT_TO_SERVER)] == sum(100 + i for i in range(5))
+        assert up_bytes[("frontend->api:8080", n.SERVER_TO_CLIENT)] == 5 * 700
+        assert up_bytes[("frontend->db:9000", n.SERVER_TO_CLIENT)] == 4 * 900
+        assert up_bytes[("report->api:80", n.CLIENT_TO_SERVER)] == sum(400 + i for i in range(6))
+        assert up_bytes[("report->api:80", n.SERVER_TO_CLIENT)] == 6 * 700
         sg = rx.totals(n.SG_REQUEST)
         assert sum(sg.values()) == total
         assert sum(rx.totals(n.SG_REQUEST_FAILED).values()) == REFUSED

@@ -144,8 +144,9 @@ def test_security_context_is_not_privileged_and_adds_only_needed_capabilities(
         assert sc["capabilities"]["add"] == ["NET_RAW"]
         assert pod["hostPID"] is False
         assert "priorityClassName" not in pod
-    else:  # socketStats on: setns and /proc/<pid>/ns need these and the host PID namespace
-        assert sc["capabilities"]["add"] == ["NET_RAW", "SYS_ADMIN", "SYS_PTRACE"]
+    else:  # serviceBackends on: ctnetlink needs NET_ADMIN; socketStats on: setns and /proc/<pid>/ns
+        # need SYS_ADMIN, SYS_PTRACE and the host PID namespace
+        assert sc["capabilities"]["add"] == ["NET_RAW", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"]
         assert pod["hostPID"] is True
         assert pod["priorityClassName"] == "system-node-critical"
 
@@ -171,6 +172,7 @@ def test_every_agent_setting_reaches_the_container_as_podwire_env(full_objects: 
     assert literal["PODWIRE_MAX_CONNECTIONS"] == "100000"
     assert literal["PODWIRE_SPAN_SAMPLE_RATIO"] == "0.25"
     assert literal["PODWIRE_VETH_ONLY"] == "false"
+    assert literal["PODWIRE_SERVICE_BACKENDS"] == "true"  # with NET_ADMIN (the capabilities test)
     assert literal["PODWIRE_INVENTORY"] == "/etc/podwire/inventory.yaml"
     assert literal["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-agent.observability.svc:4317"
     assert env["OTEL_EXPORTER_OTLP_HEADERS"]["valueFrom"]["secretKeyRef"] == {

@@ -97,7 +97,8 @@ class NodeSpec:
 
 @dataclass(frozen=True, slots=True)
 class ServiceSpec:
-    """A ClusterIP: `ip:port` (and `ipv6:port`) DNATed to `backend` pod's `target_port` on every node."""
+    """A ClusterIP: `ip:port` (and `ipv6:port`) DNATed to `backend` pod's `target_port` on every node;
+    with `more_backends`, each new connection goes to the next backend in turn (nftables numgen)."""
 
     name: str
     namespace: str
@@ -106,6 +107,7 @@ class ServiceSpec:
     backend: str
     target_port: int
     ipv6: str | None = None
+    more_backends: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +189,16 @@ class Service:
     backend: Pod
     target_port: int
     ipv6: str | None
+    more_backends: tuple[Pod, ...] = ()
+
+    @property
+    def backends(self) -> tuple[Pod, ...]:
+        return (self.backend, *self.more_backends)
+
+
+def _numgen_map(addresses: list[str]) -> str:
+    entries = ", ".join(f"{i} : {a}" for i, a in enumerate(addresses))
+    return f"numgen inc mod {len(addresses)} map {{ {entries} }}"
 
 
 # ---------------------------------------------------------------- netns primitives
@@ -470,8 +482,9 @@ def _validate(spec: ClusterSpec) -> None:
         if ext.via_node is not None and ext.via_node not in seen_nodes:
             raise ClusterError(f"external {ext.name}: no node {ext.via_node!r}")
     for svc in spec.services:
-        if svc.backend not in seen_pods:
-            raise ClusterError(f"service {svc.name}: backend pod {svc.backend!r} is not in the spec")
+        for backend in (svc.backend, *svc.more_backends):
+            if backend not in seen_pods:
+                raise ClusterError(f"service {svc.name}: backend pod {backend!r} is not in the spec")
     if spec.prefix is not None and not re.fullmatch(MARKER + r"[0-9a-z]{1,5}", spec.prefix):
         raise ClusterError(f"prefix must be {MARKER!r} + 1..5 of [0-9a-z], got {spec.prefix!r}")
 
@@ -721,7 +734,16 @@ class Cluster:
         if spec.externals:
             self._attach_externals(v4_pods, v6_pods)
         self.services = tuple(
-            Service(s.name, s.namespace, s.ip, s.port, self._pods[s.backend], s.target_port, s.ipv6)
+            Service(
+                s.name,
+                s.namespace,
+                s.ip,
+                s.port,
+                self._pods[s.backend],
+                s.target_port,
+                s.ipv6,
+                tuple(self._pods[b] for b in s.more_backends),
+            )
             for s in spec.services
         )
         if self.services:
@@ -824,11 +846,15 @@ class Cluster:
     def _service_script(self) -> str:
         rules: list[str] = []
         for svc in self.services:
-            rules.append(
-                f"ip daddr {svc.ip} tcp dport {svc.port} dnat ip to {svc.backend.ipv4}:{svc.target_port}"
-            )
-            if svc.ipv6:
+            backends = svc.backends
+            if len(backends) == 1:
+                to4 = f"{svc.backend.ipv4}:{svc.target_port}"
                 to6 = f"[{svc.backend.ipv6}]:{svc.target_port}"
+            else:  # round robin, as kube-proxy's nftables mode spreads connections
+                to4 = _numgen_map([str(b.ipv4) for b in backends]) + f":{svc.target_port}"
+                to6 = _numgen_map([str(b.ipv6) for b in backends]) + f":{svc.target_port}"
+            rules.append(f"ip daddr {svc.ip} tcp dport {svc.port} dnat ip to {to4}")
+            if svc.ipv6:
                 rules.append(f"ip6 daddr {svc.ipv6} tcp dport {svc.port} dnat ip6 to {to6}")
         body = "\n".join(f"    {r}" for r in rules)
         return (

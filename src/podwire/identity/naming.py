@@ -16,16 +16,20 @@ def name_connection(resolver: Resolver, record: ConnectionRecord) -> NamedConnec
 
 
 def identity_json(identity: Identity) -> dict[str, Any]:
-    """`{"kind": "pod", "namespace", "name", "workload", "workload_kind"}` for pods;
+    """`{"kind": "pod", "namespace", "name", "workload", "workload_kind"}` for pods (+ "service" when
+    reached through a Service);
     `{"kind": "service"|"node"|"external", "name"}` (+ "namespace" for services) otherwise."""
     if identity.kind is IdentityKind.POD:
-        return {
+        pod: dict[str, Any] = {
             "kind": "pod",
             "namespace": identity.namespace,
             "name": identity.name,
             "workload": identity.workload or identity.name,
             "workload_kind": identity.workload_kind or "Pod",
         }
+        if identity.service is not None:
+            pod["service"] = identity.service  # reached through this Service (conntrack DNAT)
+        return pod
     out: dict[str, Any] = {"kind": str(identity.kind), "name": identity.name}
     if identity.kind is IdentityKind.SERVICE and identity.namespace is not None:
         out["namespace"] = identity.namespace

@@ -278,6 +278,7 @@ class AgentSnapshot:
     http_closed: Mapping[str, int] = field(
         default_factory=dict
     )  # reason -> connections closed by the listener
+    service_backends: Mapping[str, int] = field(default_factory=dict)  # result -> Service lookups
 
 
 class ExportCounters:
@@ -333,7 +334,7 @@ class SelfMetrics:
             n.AGENT_INTERFACE_REMOVALS,
             n.UNIT_INTERFACES,
             "Interfaces no longer captured, by reason",
-            self._removals,
+            self._by(lambda s: s.interface_removals, n.REASON),
         )
         gauge(
             n.AGENT_TRACKER_ENTRIES,
@@ -347,7 +348,12 @@ class SelfMetrics:
             "Tracker entries evicted (table full)",
             one(lambda s: s.tracker_evictions),
         )
-        counter(n.AGENT_TRACKER_ANOMALIES, n.UNIT_EVENTS, "Segments the tracker found odd", self._anomalies)
+        counter(
+            n.AGENT_TRACKER_ANOMALIES,
+            n.UNIT_EVENTS,
+            "Segments the tracker found odd",
+            self._by(lambda s: s.tracker_anomalies, n.KIND),
+        )
         counter(
             n.AGENT_IDENTITY_MISSES,
             n.UNIT_EVENTS,
@@ -371,7 +377,12 @@ class SelfMetrics:
             "Sockets seen in the last socket-stats round",
             one(lambda s: s.sockstats_sockets),
         )
-        counter(n.AGENT_SOCKSTATS_SKIPPED, n.UNIT_PODS, "Pods not dumped, by reason", self._skipped)
+        counter(
+            n.AGENT_SOCKSTATS_SKIPPED,
+            n.UNIT_PODS,
+            "Pods not dumped, by reason",
+            self._by(lambda s: s.sockstats_skipped, n.REASON),
+        )
         counter(
             n.AGENT_SOCKSTATS_DROPPED,
             n.UNIT_SOCKETS,
@@ -388,13 +399,19 @@ class SelfMetrics:
             n.AGENT_VIEWS_EVICTIONS,
             n.UNIT_ENTRIES,
             "View entries evicted, by reason",
-            self._by_reason(lambda s: s.views_evictions, n.VIEWS_EVICTION_REASONS),
+            self._by(lambda s: s.views_evictions, n.REASON, n.VIEWS_EVICTION_REASONS),
         )
         counter(
             n.AGENT_HTTP_CLOSED,
             n.UNIT_CONNECTIONS,
             "HTTP connections the listener closed or refused, by reason",
-            self._by_reason(lambda s: s.http_closed, n.HTTP_CLOSE_REASONS),
+            self._by(lambda s: s.http_closed, n.REASON, n.HTTP_CLOSE_REASONS),
+        )
+        counter(
+            n.AGENT_SERVICE_BACKENDS,
+            n.UNIT_CONNECTIONS,
+            "Connections to a Service address, by whether conntrack named its backend",
+            self._by(lambda s: s.service_backends, n.RESULT),
         )
         counter(n.AGENT_EXPORT_FAILURES, n.UNIT_EVENTS, "Failed export calls", self._failures)
         counter(n.AGENT_EXPORT_DROPPED, n.UNIT_ITEMS, "Spans not delivered", self._dropped)
@@ -415,40 +432,20 @@ class SelfMetrics:
     def add_source(self, source: Callable[[], AgentSnapshot]) -> None:
         self._sources.append(source)
 
-    def _by_reason(
-        self, pick: Callable[[AgentSnapshot], Mapping[str, int]], reasons: Sequence[str]
+    def _by(
+        self, pick: Callable[[AgentSnapshot], Mapping[str, int]], label: str, known: Sequence[str] = ()
     ) -> Callable[[], list[Observation]]:
-        """Every known reason, at 0 until it happens (a rate over a missing series is no rate)."""
+        """One observation per key of a labelled snapshot field, summed over the sources; every
+        `known` key at 0 until it happens (a rate over a missing series is no rate)."""
 
         def read() -> list[Observation]:
-            total = dict.fromkeys(reasons, 0)
+            total = dict.fromkeys(known, 0)
             for source in self._sources:
-                for reason, count in pick(source()).items():
-                    total[reason] = total.get(reason, 0) + count
-            return [Observation(v, {n.REASON: k}) for k, v in sorted(total.items())]
+                for key, count in pick(source()).items():
+                    total[key] = total.get(key, 0) + count
+            return [Observation(v, {label: k}) for k, v in sorted(total.items())]
 
         return read
-
-    def _anomalies(self) -> list[Observation]:
-        total: dict[str, int] = {}
-        for source in self._sources:
-            for kind, count in source().tracker_anomalies.items():
-                total[kind] = total.get(kind, 0) + count
-        return [Observation(v, {n.KIND: k}) for k, v in sorted(total.items())]
-
-    def _removals(self) -> list[Observation]:
-        total: dict[str, int] = {}
-        for source in self._sources:
-            for reason, count in source().interface_removals.items():
-                total[reason] = total.get(reason, 0) + count
-        return [Observation(v, {n.REASON: k}) for k, v in sorted(total.items())]
-
-    def _skipped(self) -> list[Observation]:
-        total: dict[str, int] = {}
-        for source in self._sources:
-            for reason, count in source().sockstats_skipped.items():
-                total[reason] = total.get(reason, 0) + count
-        return [Observation(v, {n.REASON: k}) for k, v in sorted(total.items())]
 
     def _failures(self) -> list[Observation]:
         return [Observation(v, {n.SIGNAL: k}) for k, v in sorted(self._export.failures.items())]
@@ -521,6 +518,7 @@ class MetricsSink:
             _kind(server),
             server.namespace or "",
             server_port,
+            server.service or "",
         )
         if cfg.pod_names:
             key += (
@@ -551,11 +549,13 @@ class MetricsSink:
             n.SERVER_NAMESPACE: key[5],  # type: ignore[dict-item]
             n.SERVER_PORT: key[6],  # type: ignore[dict-item]
         }
-        extra = 7
+        if key[7]:  # only on edges to a backend reached through a Service
+            attrs[n.SERVER_SERVICE] = key[7]  # type: ignore[assignment]
+        extra = 8
         if self._cfg.pod_names:
-            attrs[n.CLIENT_POD] = key[7]  # type: ignore[assignment]
-            attrs[n.SERVER_POD] = key[8]  # type: ignore[assignment]
-            extra = 9
+            attrs[n.CLIENT_POD] = key[8]  # type: ignore[assignment]
+            attrs[n.SERVER_POD] = key[9]  # type: ignore[assignment]
+            extra = 10
         if self._cfg.client_port:
             attrs[n.CLIENT_PORT] = key[extra]  # type: ignore[assignment]
         virtual = not (_sends_spans(client) and _sends_spans(server))

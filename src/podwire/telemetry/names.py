@@ -48,6 +48,8 @@ AGENT_TRACKER_EVICTIONS: Final = "podwire.agent.tracker.evictions"  # podwire_ag
 # podwire_agent_tracker_anomalies_total{kind}
 AGENT_TRACKER_ANOMALIES: Final = "podwire.agent.tracker.anomalies"
 AGENT_IDENTITY_MISSES: Final = "podwire.agent.identity.misses"  # podwire_agent_identity_misses_total
+# podwire_agent_service_backends_total{result}: found | not_found | failed | unavailable
+AGENT_SERVICE_BACKENDS: Final = "podwire.agent.service.backends"
 AGENT_SERIES: Final = "podwire.agent.series"  # podwire_agent_series (edge label sets held)
 AGENT_SERIES_DROPPED: Final = "podwire.agent.series.dropped"  # podwire_agent_series_dropped_total (cap hit)
 AGENT_EXPORT_FAILURES: Final = "podwire.agent.export.failures"  # podwire_agent_export_failures_total{signal}
@@ -80,6 +82,7 @@ SERVER_WORKLOAD_KIND: Final = "server.workload.kind"
 SERVER_NAMESPACE: Final = "server.namespace"
 SERVER_POD: Final = "server.pod"  # off by default (cardinality)
 SERVER_PORT: Final = "server.port"
+SERVER_SERVICE: Final = "server.service"  # the Service a backend was reached through (absent if none)
 OUTCOME: Final = "outcome"  # closed | reset | refused | timeout
 DIRECTION: Final = "direction"  # client_to_server | server_to_client
 REASON: Final = "reason"  # refused | timeout (failures); deleted | not_veth | ... (interface removals)
@@ -101,6 +104,7 @@ OVERFLOW: Final = "overflow"  # every label of the edge that collects connection
 UNKNOWN: Final = "unknown"  # resets whose sender is not known
 SIGNAL: Final = "signal"  # metrics | traces (export self-metrics)
 KIND: Final = "kind"  # tracker anomaly kind
+RESULT: Final = "result"  # service-backend lookups
 SIGNAL_METRICS: Final = "metrics"
 SIGNAL_TRACES: Final = "traces"
 DROP_QUEUE_FULL: Final = "queue_full"  # export.dropped{reason}

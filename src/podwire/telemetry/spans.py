@@ -241,6 +241,8 @@ class SpanSink:
         }
         if not peer_has_span:
             attrs[n.PEER_SERVICE] = peer.workload_name
+        if kind is SpanKind.CLIENT and peer.service is not None:
+            attrs[n.SERVER_SERVICE] = peer.service  # the server is the backend behind this Service
         if rec.close_initiator is not None:
             attrs[n.SPAN_CLOSE_INITIATOR] = rec.close_initiator.value
         if rec.bytes_client_to_server is not None:
