@@ -164,11 +164,12 @@ class ConnectionRecord(msgspec.Struct, frozen=True, gc=False):
     tls: TlsInfo | None = None  # the clear-text handshake, when the connection spoke TLS
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionProgress:
+class ConnectionProgress(NamedTuple):
     """An open connection's counters at a socket-stats sample (cumulative, since counting began:
     the SYN, or the first sample of a connection older than the agent).  The sinks count what
-    they have not counted yet; the connection's record still carries the exact totals."""
+    they have not counted yet; the connection's record still carries the exact totals.
+    A NamedTuple: one per open connection per round (5,000 a round cost 4 us each as a frozen
+    dataclass, 0.5 us as a tuple)."""
 
     point: int
     client: Endpoint

@@ -221,7 +221,11 @@ def test_random_drops_show_as_retransmits_on_the_lossy_edge_only(
             scrape(a, "podwire_tcp_connections_retransmitting_total", server_workload="api", sender="client")
             == 1
         )
-        assert scrape(a, retrans, server_workload="db") == 0
+        # the clean edge may see a tail-loss probe on a busy machine, never the lossy edge's count
+        time.sleep(2 * INTERVAL)
+        lossy_count = scrape(a, retrans, server_workload="api")
+        clean_count = scrape(a, retrans, server_workload="db")
+        assert lossy_count >= 10 and clean_count <= lossy_count / 10, (lossy_count, clean_count)
         for c, _ in pairs:
             c.close()
         for t in readers:
