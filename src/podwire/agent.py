@@ -377,6 +377,7 @@ class NodeCapture:
             decode_errors=cap.decode_errors,
             interfaces=cap.interfaces,
             interface_removals=cap.interface_removals,
+            dns_rejected=cap.dns_rejected,
             tracker_entries=trk.entries,
             tracker_evictions=sum(trk.evictions.values()),
             tracker_anomalies=dict(trk.anomalies),

@@ -188,6 +188,26 @@ def parse_cidr_names(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+MAX_DNS_RESOLVERS = 64
+
+
+def parse_resolvers(text: str) -> tuple[str, ...] | None:
+    """`auto` (None) or `ADDR,ADDR`: the DNS resolvers whose answers name addresses."""
+    if text.strip() == "auto":
+        return None
+    out: list[str] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            out.append(str(ipaddress.ip_address(part)))
+        except ValueError:
+            raise ValueError(f"{part!r} is not an IP address (expected auto or ADDR,ADDR)") from None
+    if not out:
+        raise ValueError("expected auto or a list of resolver addresses")
+    if len(out) > MAX_DNS_RESOLVERS:
+        raise ValueError(f"more than {MAX_DNS_RESOLVERS} resolvers")
+    return tuple(dict.fromkeys(out))
+
+
 # Ring memory is kernel memory, charged to no pod's cgroup: a ring too large takes the node down.
 PAGE_KIB = 4
 MAX_RING_BLOCK_KIB = 16 * 1024  # one block; the kernel allocates it contiguous or vmalloc'd
@@ -239,6 +259,9 @@ class Settings:
     external_cidrs: tuple[tuple[str, str], ...] = ()
     identity_history_s: float = 3600.0
     dns_names: bool = True
+    # answers name addresses only from these resolvers, to queries seen ("auto": /etc/resolv.conf,
+    # which on a node with dnsPolicy ClusterFirstWithHostNet is the cluster DNS Service)
+    dns_resolvers: tuple[str, ...] | None = None  # None: auto
     # TLS handshake insight (tls/): the kernel passes handshake records; bounded reassembly
     tls: bool = True
     tls_max_connections: int = 4096  # connections whose handshake is being reassembled
@@ -312,6 +335,7 @@ _FIELDS: dict[str, Callable[[str], Any]] = {
     "external_cidrs": parse_cidr_names,
     "identity_history_s": _float_in(1.0, 7 * 86_400.0),
     "dns_names": _bool,
+    "dns_resolvers": parse_resolvers,
     "tls": _bool,
     "tls_max_connections": _int_in(1, 1_048_576),
     "tls_max_handshake_kib": _int_in(1, 1024),

@@ -503,3 +503,51 @@ def test_inlined_ethernet_fast_path_agrees_with_the_general_path(
                 bytes(s2), 0, len(s2), 0.0, 0, None
             )
     assert fast.stats.as_dict() == general.stats.as_dict()
+
+
+# --- DnsGuard: answers only to queries seen, from trusted resolvers (issue 14) ----------------
+
+_C, _R = socket.inet_aton("10.1.0.5"), socket.inet_aton("10.96.0.10")
+
+
+def _query(msg_id: int, name: bytes = b"\x03api\x04shop\x00") -> bytes:
+    return struct.pack("!HHHHHH", msg_id, 0x0100, 1, 0, 0, 0) + name + struct.pack("!HH", 1, 1)
+
+
+def _answer(msg_id: int) -> bytes:
+    return (
+        struct.pack("!HHHHHH", msg_id, 0x8180, 1, 1, 0, 0)
+        + b"\x03api\x04shop\x00"
+        + struct.pack("!HH", 1, 1)
+        + b"\xc0\x0c"
+        + struct.pack("!HHIH", 1, 1, 60, 4)
+        + socket.inet_aton("203.0.113.9")
+    )
+
+
+def test_dns_guard_takes_only_the_answer_to_a_query_seen_once() -> None:
+    from podwire.capture.dns import DnsGuard
+
+    guard = DnsGuard(frozenset({_R}), max_pending=2, window_s=5.0)
+    stats, out = DnsStats(), []
+    q = (_C, 40000, _R, 53)
+    a = (_R, 53, _C, 40000)
+    parse_answers(_query(1), 0, len(_query(1)), 0.0, out, stats, guard, q)
+    assert stats.queries == 1 and len(guard) == 1
+    for msg, flow in [
+        (_answer(2), a),  # another id
+        (_answer(1), (_R, 53, _C, 40001)),  # another client port
+    ]:
+        parse_answers(msg, 0, len(msg), 1.0, out, stats, guard, flow)
+    parse_answers(_answer(1), 0, len(_answer(1)), 1.0, out, stats, guard, (_C, 53, _C, 40000))  # untrusted
+    assert out == [] and (stats.rejected_unsolicited, stats.rejected_untrusted) == (2, 1)
+    parse_answers(_answer(1), 0, len(_answer(1)), 1.0, out, stats, guard, a)
+    assert [x.address for x in out] == ["203.0.113.9"]
+    parse_answers(_answer(1), 0, len(_answer(1)), 1.5, out, stats, guard, a)  # used once
+    assert len(out) == 1 and stats.rejected_unsolicited == 3
+    # late answers are unsolicited, and the table stays at max_pending (oldest forgotten)
+    for i in range(10):
+        parse_answers(_query(100 + i), 0, len(_query(1)), 2.0, out, stats, guard, q)
+    assert len(guard) == 2 and guard.evicted == 8
+    parse_answers(_answer(109), 0, len(_answer(1)), 8.0, out, stats, guard, a)
+    assert len(out) == 1 and stats.rejected_unsolicited == 4

@@ -36,7 +36,8 @@ def pods() -> Iterator[Pods]:
 
 @pytest.fixture
 def capture(pods: Pods) -> Iterator[LiveCapture]:
-    cap = LiveCapture(Settings(netns=pods.node, dns_names=True))
+    # pod 0 is the trusted resolver: its answers to queries seen name addresses (DnsGuard)
+    cap = LiveCapture(Settings(netns=pods.node, dns_names=True, dns_resolvers=(pods.pod_ip(0),)))
     try:
         yield cap
     finally:
@@ -158,15 +159,32 @@ def test_exclude_pattern_keeps_an_interface_out(pods: Pods) -> None:
 POD_MAC = "02:00:00:00:00:0a"
 
 
-def dns_answer_payload() -> bytes:
+def dns_query_payload(msg_id: int = 7) -> bytes:
+    return (
+        struct.pack("!HHHHHH", msg_id, 0x0100, 1, 0, 0, 0) + b"\x03api\x04shop\x00" + struct.pack("!HH", 1, 1)
+    )
+
+
+def dns_answer_payload(msg_id: int = 7, address: str = "10.96.0.10") -> bytes:
     q = b"\x03api\x04shop\x00"
     return (
-        struct.pack("!HHHHHH", 7, 0x8180, 1, 1, 0, 0)
+        struct.pack("!HHHHHH", msg_id, 0x8180, 1, 1, 0, 0)
         + q
         + struct.pack("!HH", 1, 1)
         + b"\xc0\x0c"
         + struct.pack("!HHIH", 1, 1, 120, 4)
-        + socket.inet_aton("10.96.0.10")
+        + socket.inet_aton(address)
+    )
+
+
+def dns_query_to_pod0(pods: Pods, sport: int = 1010, msg_id: int = 7) -> bytes:
+    """The node asks pod 0 (the trusted resolver) for api.shop, as the answer case expects."""
+    e = Ether(src="02:00:00:00:00:0b", dst=POD_MAC)
+    return raw(
+        e
+        / IP(src=pods.node_ip(0), dst=pods.pod_ip(0))
+        / UDP(sport=sport, dport=53)
+        / dns_query_payload(msg_id)
     )
 
 
@@ -190,7 +208,7 @@ def crafted(pods: Pods) -> list[tuple[str, Packet, bool]]:
         ("vlan syn", e / Dot1Q(vlan=12) / v4 / t(1008, "S"), True),
         ("vlan data", e / Dot1Q(vlan=12) / v4 / t(1009, "A", b"z" * 100), False),
         ("dns answer", e / v4 / UDP(sport=53, dport=1010) / dns_answer_payload(), True),
-        ("dns query", e / v4 / UDP(sport=1011, dport=53) / (b"\x00" * 20), False),
+        ("dns query", e / v4 / UDP(sport=1011, dport=53) / dns_query_payload(8), True),
     ]
 
 
@@ -207,6 +225,8 @@ def send_frames(ns: str, ifname: str, frames: list[bytes]) -> None:
 
 def test_kernel_filter_passes_only_control_segments_and_dns_answers(pods: Pods, capture: LiveCapture) -> None:
     cases = crafted(pods)
+    send_frames(pods.node, pods.host_ifs[0], [dns_query_to_pod0(pods)])  # what the answer answers
+    time.sleep(0.05)
     send_frames(pods.pods[0], "eth0", [raw(f) for _, f, _ in cases])
     segs, dns = drain(capture, 0.5)
     got = {s.sport for s in segs if s.dport == 9}
@@ -215,9 +235,38 @@ def test_kernel_filter_passes_only_control_segments_and_dns_answers(pods: Pods, 
     assert all(s.from_local is True for s in segs)  # sent by the pod: received on its host veth
     assert dns == [DnsAnswer(dns[0].ts, "api.shop", "10.96.0.10", 120)]
     stats = capture.stats()
-    assert stats.packets == sum(ok for _, _, ok in cases)  # nothing else reached Python
+    assert stats.packets == 1 + sum(ok for _, _, ok in cases)  # nothing else reached Python
     assert stats.kernel_packets == stats.packets and stats.kernel_drops == 0
     assert stats.decode_errors == 0
+
+
+def test_spoofed_dns_answers_name_nothing_and_are_counted(pods: Pods, capture: LiveCapture) -> None:
+    # Issue 14: any pod could send an unsolicited answer from port 53 and rename an address for
+    # every pod on the node.  Pod 1 is not a resolver; pod 0 is, but nobody asked it this.
+    pods.add_pod()
+    e = Ether(src="02:00:00:00:00:0c", dst="ff:ff:ff:ff:ff:ff")
+    from_pod1 = IP(src=pods.pod_ip(1), dst=pods.node_ip(1)) / UDP(sport=53, dport=1010)
+    send_frames(pods.node, pods.host_ifs[0], [dns_query_to_pod0(pods, sport=1010, msg_id=7)])
+    wait_for(capture, lambda: capture.stats().packets >= 1, 2.0)
+    send_frames(pods.pods[1], "eth0", [raw(e / from_pod1 / dns_answer_payload(7, "10.232.77.77"))])
+    from_pod0 = IP(src=pods.pod_ip(0), dst=pods.node_ip(0))
+    spoofs = [
+        UDP(sport=53, dport=1010) / dns_answer_payload(99, "10.232.77.77"),  # wrong id
+        UDP(sport=53, dport=1999) / dns_answer_payload(7, "10.232.77.77"),  # wrong client port
+    ]
+    send_frames(pods.pods[0], "eth0", [raw(Ether(src=POD_MAC) / from_pod0 / s) for s in spoofs])
+    _, dns = drain(capture, 0.5)
+    assert dns == []  # nothing to learn: no address renamed
+    stats = capture.stats()
+    assert stats.dns_rejected == {"untrusted": 1, "unsolicited": 2}
+    # the real answer still names it (the query is still pending: spoofs do not consume it)
+    send_frames(
+        pods.pods[0],
+        "eth0",
+        [raw(Ether(src=POD_MAC) / from_pod0 / UDP(sport=53, dport=1010) / dns_answer_payload())],
+    )
+    _, dns = drain(capture, 0.3)
+    assert [(a.name, a.address) for a in dns] == [("api.shop", "10.96.0.10")]
 
 
 def test_frames_towards_the_pod_are_marked_not_local(pods: Pods, capture: LiveCapture) -> None:
@@ -237,7 +286,8 @@ def test_without_dns_option_udp_answers_stay_in_the_kernel(pods: Pods) -> None:
         send_frames(pods.pods[0], "eth0", [raw(f) for _, f, _ in cases])
         segs, dns = drain(cap, 0.5)
         assert dns == []
-        assert cap.stats().packets == sum(ok for c, _, ok in cases if c != "dns answer") == len(segs)
+        dns_cases = ("dns answer", "dns query")
+        assert cap.stats().packets == sum(ok for c, _, ok in cases if c not in dns_cases) == len(segs)
     finally:
         cap.close()
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 _TCP4_CONTROL = "(ip and tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) != 0)"
 _TCP6_CONTROL = "(ip6 and ip6[6] == 6 and ip6[53] & 0x07 != 0)"  # FIN|SYN|RST = 0x07
 _DNS_ANSWERS = "(udp src port 53)"
+_DNS_QUERIES = "(udp dst port 53)"
 
 BPF_RET_K = 0x06  # BPF_RET | BPF_K
 _INSN = struct.Struct("=HBBI")  # struct sock_filter
@@ -44,6 +45,7 @@ class FilterOptions:
     """What the kernel passes besides TCP control segments.  Chosen once, at start."""
 
     dns_answers: bool = False
+    dns_queries: bool = False  # queries too, for DnsGuard to match answers against
     extra_parts: tuple[str, ...] = ()  # more pcap-filter clauses, ORed in (e.g. TLS records, later)
 
 
@@ -80,6 +82,8 @@ def expression(options: FilterOptions, vlan: bool = True) -> str:
     parts = [_TCP4_CONTROL, _TCP6_CONTROL]
     if options.dns_answers:
         parts.append(_DNS_ANSWERS)
+    if options.dns_queries:
+        parts.append(_DNS_QUERIES)
     parts.extend(f"({part})" for part in options.extra_parts)
     core = " or ".join(parts)
     return f"{core} or (vlan and ({core}))" if vlan else core

@@ -18,7 +18,7 @@ import struct
 from collections.abc import Callable
 from typing import Final
 
-from podwire.capture.dns import DnsStats, parse_answers
+from podwire.capture.dns import DnsGuard, DnsStats, parse_answers
 from podwire.capture.handshake import HandshakeTap
 from podwire.model import CONTROL, DnsAnswer, Segment, TlsChunk
 
@@ -106,12 +106,14 @@ class DecodeStats:
 class Decoder:
     """Decodes frames into Segments; collects sniffed DNS answers on the side when `dns` is on."""
 
-    __slots__ = ("_dns_out", "dns_enabled", "dns_stats", "stats", "tls")
+    __slots__ = ("_dns_out", "dns_enabled", "dns_guard", "dns_stats", "stats", "tls")
 
-    def __init__(self, *, dns: bool = False, tls: bool = False) -> None:
+    def __init__(self, *, dns: bool = False, tls: bool = False, dns_guard: DnsGuard | None = None) -> None:
         self.stats = DecodeStats()
         self.dns_stats = DnsStats()
         self.dns_enabled = dns
+        # live capture: answers only to queries seen, from trusted resolvers (replay: None)
+        self.dns_guard = dns_guard
         self._dns_out: list[DnsAnswer] = []
         # TLS handshake payloads of data segments (None: data segments are skipped unread)
         self.tls = HandshakeTap() if tls else None
@@ -325,7 +327,7 @@ class Decoder:
         if proto == _PROTO_TCP:
             return self._tcp(buf, l4, ip_end, end, ts, point, from_local, off + 12, 4)
         if proto == _PROTO_UDP and self.dns_enabled:
-            self._udp(buf, l4, ip_end, end, ts)
+            self._udp(buf, l4, ip_end, end, ts, off + 12, 4)
             return None
         self.stats.not_tcp += 1
         return None
@@ -349,7 +351,7 @@ class Decoder:
                 return self._tcp(buf, l4, ip_end, end, ts, point, from_local, off + 8, 16)
             if nxt == _PROTO_UDP:
                 if self.dns_enabled:
-                    self._udp(buf, l4, ip_end, end, ts)
+                    self._udp(buf, l4, ip_end, end, ts, off + 8, 16)
                     return None
                 break
             if nxt in (_IP6_HOPOPTS, _IP6_ROUTING, _IP6_DSTOPTS):
@@ -416,12 +418,16 @@ class Decoder:
         dst = bytes(buf[addr + alen : addr + 2 * alen])
         return _new(Segment, (ts, point, src, dst, sport, dport, seq, ack, flags, payload, from_local))
 
-    def _udp(self, buf: Buffer, u: int, ip_end: int, end: int, ts: float) -> None:
+    def _udp(self, buf: Buffer, u: int, ip_end: int, end: int, ts: float, addr: int, alen: int) -> None:
         if end - u < 8:
             self.stats.truncated += 1
             return
-        if (buf[u] << 8) | buf[u + 1] != 53:
+        sport = (buf[u] << 8) | buf[u + 1]
+        dport = (buf[u + 2] << 8) | buf[u + 3]
+        guard = self.dns_guard
+        if sport != 53 and (guard is None or dport != 53):  # queries matter only to the guard
             self.stats.not_tcp += 1
             return
         self.stats.dns += 1
-        parse_answers(buf, u + 8, min(ip_end, end), ts, self._dns_out, self.dns_stats)
+        flow = (bytes(buf[addr : addr + alen]), sport, bytes(buf[addr + alen : addr + 2 * alen]), dport)
+        parse_answers(buf, u + 8, min(ip_end, end), ts, self._dns_out, self.dns_stats, guard, flow)

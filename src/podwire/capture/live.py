@@ -33,6 +33,7 @@ from podwire.capture import netns
 from podwire.capture.afpacket import ARPHRD_ETHER, Decode, RingSocket
 from podwire.capture.bpf import LINKTYPE_ETHERNET, LINKTYPE_RAW, BpfProgram, FilterOptions, compile_program
 from podwire.capture.decode import Decoder
+from podwire.capture.dns import REJECT_UNSOLICITED, REJECT_UNTRUSTED, DnsGuard, resolv_conf_nameservers
 from podwire.capture.handshake import FILTER_PARTS, SNAPLEN_TLS
 from podwire.capture.interfaces import InterfaceWatch, Link, LinkChange, LinkFilter
 from podwire.capture.prelude import per_interface
@@ -68,6 +69,7 @@ class CaptureStats:
     kernel_drops: int  # frames the kernel could not put in the ring (PACKET_STATISTICS tp_drops)
     decode_errors: int  # truncated, malformed or unknown-link frames
     dns_answers: int
+    dns_rejected: dict[str, int]  # reason (untrusted, unsolicited) -> answers not used
     interfaces: int  # pod interfaces in the kernel filter now
     interfaces_opened: int  # pod interfaces added to the filter since start
     interfaces_closed: int  # ... and removed from it
@@ -87,10 +89,16 @@ class LiveCapture:
             raise ValueError(f"ring_block_kib must be a multiple of the page size ({_PAGE // 1024} KiB)")
         self._settings = settings
         self._retire_ms = settings.ring_retire_ms if retire_ms is None else retire_ms
-        self._decoder = Decoder(dns=settings.dns_names, tls=settings.tls)
+        guard = None
+        if settings.dns_names:
+            resolvers = settings.dns_resolvers
+            guard = DnsGuard.from_addresses(resolvers if resolvers is not None else resolv_conf_nameservers())
+        self._decoder = Decoder(dns=settings.dns_names, tls=settings.tls, dns_guard=guard)
         # Decided once: one filter and one decoder per link type (Ethernet for veths).
         options = FilterOptions(
-            dns_answers=settings.dns_names, extra_parts=FILTER_PARTS if settings.tls else ()
+            dns_answers=settings.dns_names,
+            dns_queries=settings.dns_names,
+            extra_parts=FILTER_PARTS if settings.tls else (),
         )
         snaplen = SNAPLEN_TLS if settings.tls else None  # one accept length for the whole program
         self._programs: dict[int, BpfProgram] = {
@@ -205,6 +213,10 @@ class LiveCapture:
             kernel_drops=kernel_drops,
             decode_errors=d.errors + self._ring.unknown_link,
             dns_answers=self._decoder.dns_stats.answers,
+            dns_rejected={
+                REJECT_UNTRUSTED: self._decoder.dns_stats.rejected_untrusted,
+                REJECT_UNSOLICITED: self._decoder.dns_stats.rejected_unsolicited,
+            },
             interfaces=interfaces,
             interfaces_opened=self._opened,
             interfaces_closed=self._removed,

@@ -268,6 +268,7 @@ class AgentSnapshot:
     tracker_evictions: int = 0
     tracker_anomalies: Mapping[str, int] = field(default_factory=dict)  # kind -> count
     identity_misses: int = 0
+    dns_rejected: Mapping[str, int] = field(default_factory=dict)  # reason -> answers not used
     sockstats_dumps: int = 0
     sockstats_dump_seconds: float = 0.0
     sockstats_sockets: int = 0  # seen in the last round
@@ -400,6 +401,12 @@ class SelfMetrics:
             n.UNIT_ENTRIES,
             "View entries evicted, by reason",
             self._by(lambda s: s.views_evictions, n.REASON, n.VIEWS_EVICTION_REASONS),
+        )
+        counter(
+            n.AGENT_DNS_REJECTED,
+            n.UNIT_EVENTS,
+            "DNS answers not used for naming: not from a trusted resolver, or answering no query seen",
+            self._by(lambda s: s.dns_rejected, n.REASON, n.DNS_REJECT_REASONS),
         )
         counter(
             n.AGENT_HTTP_CLOSED,

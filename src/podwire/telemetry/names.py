@@ -68,6 +68,9 @@ AGENT_SOCKSTATS_DROPPED: Final = "podwire.agent.sockstats.dropped"  # sockets ov
 AGENT_VIEWS_CONNECTIONS: Final = "podwire.agent.views.connections"
 AGENT_VIEWS_EVICTIONS: Final = "podwire.agent.views.evictions"
 AGENT_HTTP_CLOSED: Final = "podwire.agent.http.connections.closed"
+# DNS answers not used for naming: podwire_agent_dns_rejected_total{reason=untrusted|unsolicited}
+AGENT_DNS_REJECTED: Final = "podwire.agent.dns.rejected"
+DNS_REJECT_REASONS: Final = ("untrusted", "unsolicited")
 VIEWS_EVICTION_REASONS: Final = ("age", "size", "edges")
 HTTP_CLOSE_REASONS: Final = ("idlest_at_cap", "refused_at_cap", "timeout", "bad_request", "accept_error")
 
