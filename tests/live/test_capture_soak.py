@@ -11,6 +11,8 @@ the end equal exactly what the clients made, per edge.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -178,8 +180,6 @@ class BridgeChurn:
 
 
 def subprocess_ok(argv: list[str]) -> None:
-    import subprocess
-
     subprocess.run(argv, check=True, capture_output=True, timeout=30)
 
 
@@ -201,9 +201,6 @@ def add_pod_cni_style(cluster: Cluster, pod: BridgedPod) -> None:
 
 
 def port_forwarding(netns: str, ifname: str) -> bool:
-    import json
-    import subprocess
-
     out = subprocess.run(
         ["ip", "-n", netns, "-d", "-j", "link", "show", "dev", ifname],
         capture_output=True,
