@@ -400,7 +400,7 @@ class NodeCapture:
                 batch = poll(0.2)
                 if batch is None:
                     break
-                if batch.segments or batch.dns:
+                if batch.segments or batch.dns or batch.tls:  # a hello arrives in a batch of its own too
                     feed(batch)
                 while rounds:  # after the batch: segments up to the sample are in the tracker
                     feed_stats(rounds.popleft())
