@@ -240,14 +240,21 @@ def dashboard(uid: str, title: str, description: str, panels: list[Json], variab
 
 
 def _edge_ids(inner: str) -> str:
-    """Add source, target and id labels (namespace/workload) for Grafana's node graph."""
-    return (
-        "label_join(label_join(label_join("
+    """Add source, target and id labels (namespace/workload) for Grafana's node graph.
+
+    An end without a namespace (an external, a node) is its bare name: label_join would write
+    "/partner-api", so the leading "/" is cut."""
+    joined = (
+        "label_join(label_join("
         f"{inner}, "
         '"source", "/", "client_namespace", "client_workload"), '
-        '"target", "/", "server_namespace", "server_workload"), '
-        '"id", " > ", "source", "target")'
+        '"target", "/", "server_namespace", "server_workload")'
     )
+    trimmed = (
+        f'label_replace(label_replace({joined}, "source", "$1", "source", "/(.*)"), '
+        '"target", "$1", "target", "/(.*)")'
+    )
+    return f'label_join({trimmed}, "id", " > ", "source", "target")'
 
 
 def _ns_either(metric: str, extra: str = "") -> str:
@@ -262,14 +269,19 @@ def _ns_either(metric: str, extra: str = "") -> str:
 def service_map() -> Json:
     conns = _ns_either("podwire_tcp_connections_total")
     bytes_ = _ns_either("podwire_tcp_bytes_total")
-    fails = _ns_either("podwire_tcp_failures_total")
-    ratio = f"(({fails}) or ({conns}) * 0) / ({conns})"
+    # Failed like the service graph (traces_service_graph_request_failed_total): refused, timed
+    # out or reset, over the connections that ended (still-open ones are no request yet).
+    ended = _ns_either("podwire_tcp_connections_total", 'outcome!="open"')
+    fails = _ns_either("podwire_tcp_connections_total", 'outcome=~"refused|timeout|reset"')
+    ratio = f"(({fails}) or ({ended}) * 0) / ({ended})"
     node_graph = {
         "type": "nodeGraph",
-        "title": "Service map (workloads, last 5 minutes)",
+        "title": "Service map (workloads, rates at the end of the time range)",
         "description": (
-            "Edges: connections/s (main), bytes/s both ways (secondary) and the failed-attempt ratio "
-            "(details). Nodes are the workloads; a node's stats sum its incoming edges."
+            "Edges: connections/s (main), bytes/s both ways (secondary) and the failed ratio "
+            "(details: refused, timed out or reset, as the service graph counts them). Rates over "
+            "$__rate_interval at the end of the time range. Nodes are the workloads (an external "
+            "or a node by its name); a node's stats sum its incoming edges."
         ),
         "datasource": DS,
         "targets": [
@@ -307,7 +319,7 @@ def service_map() -> Json:
                 },
                 {
                     "matcher": {"id": "byName", "options": "detail__failure_ratio"},
-                    "properties": [{"id": "displayName", "value": "failed attempts (ratio)"}],
+                    "properties": [{"id": "displayName", "value": "failed ratio (refused, timeout, reset)"}],
                 },
             ],
         },

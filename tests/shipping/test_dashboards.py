@@ -94,7 +94,9 @@ def test_service_map_is_a_node_graph_of_edges_with_rate_bytes_and_failure_ratio(
     by_ref = {t["refId"]: uses(substitute_grafana(t["expr"])).metrics for t in graph["targets"]}
     assert by_ref["A"] == {"podwire_tcp_connections_total"}
     assert by_ref["B"] == {"podwire_tcp_bytes_total"}
-    assert by_ref["C"] == {"podwire_tcp_failures_total", "podwire_tcp_connections_total"}
+    assert by_ref["C"] == {"podwire_tcp_connections_total"}  # failed = refused|timeout|reset outcomes
+    assert 'outcome=~"refused|timeout|reset"' in graph["targets"][2]["expr"]
+    assert "last 5 minutes" not in graph["title"]  # the queries rate over $__rate_interval
     assert {"traces_service_graph_request_total", "traces_service_graph_request_failed_total"} <= _metrics_of(
         DASHBOARDS / "podwire-service-map.json"
     )

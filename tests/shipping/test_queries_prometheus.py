@@ -70,12 +70,15 @@ def test_node_graph_edges_carry_id_source_target_and_the_failure_ratio(
         "shop/frontend > shop/cart",
         "shop/frontend > shop/catalog",
         "ops/prober > shop/cart",
+        "shop/frontend > partner-api",  # an external: its bare name, no "/"
     }
     cart = rows["shop/frontend > shop/cart"]
     assert cart["A"] == pytest.approx(2.0, rel=0.02)  # connections/s
     assert cart["B"] == pytest.approx(2.0 * 9300, rel=0.02)  # bytes/s both ways
     assert cart["C"] == pytest.approx(0.1, rel=0.02)  # failed ratio
     assert rows["shop/frontend > shop/catalog"]["C"] == 0.0  # no failures: 0, not missing
+    # resets fail the edge as in the service graph (traces_service_graph_request_failed_total)
+    assert rows["ops/prober > shop/cart"]["C"] == pytest.approx(0.2 / 0.5, rel=0.02)
 
 
 def test_alert_expressions_run_and_select_the_misbehaving_edge_and_agent(
