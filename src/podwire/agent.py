@@ -242,7 +242,12 @@ def replay(settings: Settings, path: str, fmt: str, out: TextIO) -> int:
         records.write_table(conns, out)
     else:
         records.write_jsonl(conns, out)
-    _log.info("replay_done", file=path, connections=len(conns), stats=str(source.stats))
+    _log.info(
+        "replay_done",
+        file=path,
+        connections=len(conns),
+        stats={k: getattr(source.stats, k) for k in source.stats.__slots__},
+    )
     return 0
 
 
