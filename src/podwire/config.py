@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import itertools
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -117,6 +118,22 @@ def _choice(*choices: str) -> Callable[[str], str]:
 
 
 MAX_REGEX_CHARS = 1024
+
+MAX_BUCKETS = 64
+MAX_BUCKET_S = 7 * 86_400.0  # a week: past that a connection's duration is its own alert
+
+
+def parse_buckets(text: str) -> tuple[float, ...]:
+    """`0.001,0.01,0.1,1` -> histogram upper bounds in seconds: 1..64 values, increasing."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not 1 <= len(parts) <= MAX_BUCKETS:
+        raise ValueError(f"expected 1 to {MAX_BUCKETS} comma-separated bounds in seconds")
+    bounds = tuple(float(p) for p in parts)
+    if not all(0.0 < b <= MAX_BUCKET_S for b in bounds):
+        raise ValueError(f"each bound must be > 0 and <= {MAX_BUCKET_S:.0f} seconds")
+    if any(a >= b for a, b in itertools.pairwise(bounds)):
+        raise ValueError("bounds must be strictly increasing")
+    return bounds
 
 
 def _regex(text: str) -> str:
@@ -274,6 +291,7 @@ class Settings:
     label_pod_names: bool = False
     label_client_port: bool = False
     max_series: int = 20_000
+    duration_buckets: tuple[float, ...] = ()  # () = telemetry's default (100 us .. 3.7 h)
     export_queue_size: int = 8192
     # views (views/store.py, views/fanout.py)
     views_window_s: float = 900.0
@@ -346,6 +364,7 @@ _FIELDS: dict[str, Callable[[str], Any]] = {
     "label_pod_names": _bool,
     "label_client_port": _bool,
     "max_series": _int_in(1, 1_000_000),
+    "duration_buckets": parse_buckets,
     "export_queue_size": _int_in(1, 1_048_576),
     "views_window_s": _float_in(1.0, 86_400.0),
     "views_max_connections": _int_in(1, 1_000_000),

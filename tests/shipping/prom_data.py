@@ -1,8 +1,9 @@
 """Synthetic podwire series (OpenMetrics text) built from the names.py contract, for
 backfilling a real Prometheus with `promtool tsdb create-blocks-from openmetrics`.
 
-Three edges: shop/frontend -> shop/cart:8080 (10% refused), shop/frontend ->
-shop/catalog:9090 (healthy), ops/prober -> shop/cart:8080 (resets); two agents.
+Four edges: shop/frontend -> shop/cart:8080 (10% refused), shop/frontend ->
+shop/catalog:9090 (healthy), ops/prober -> shop/cart:8080 (resets), shop/frontend -> partner-api:443
+(an external, no namespace); two agents.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ EDGES = (
     ("shop", "frontend", "Deployment", "shop", "cart", "Deployment", "8080", 2.0, 0.1, 0.0),
     ("shop", "frontend", "Deployment", "shop", "catalog", "StatefulSet", "9090", 1.0, 0.0, 0.0),
     ("ops", "prober", "CronJob", "shop", "cart", "Deployment", "8080", 0.5, 0.0, 0.2),
+    # an external has no namespace: the node graph must call it "partner-api", not "/partner-api"
+    ("shop", "frontend", "Deployment", "", "partner-api", "external", "443", 0.5, 0.0, 0.0),
 )
 AGENTS = ("10.0.0.1:9477", "10.0.0.2:9477")
 # The labels names.py's comments give these self-metrics.
@@ -39,6 +42,7 @@ def openmetrics(start_s: int, minutes: int) -> str:
     def add(family: str, kind: str, sample: str, labels: dict[str, str], per_s: float) -> None:
         families.setdefault(family, (kind, []))[1].append((sample, labels, per_s))
 
+    span_rates: dict[tuple[str, str, str, str], float] = {}
     for e in EDGES:
         cns, cwl, ckind, sns, swl, skind, port, rate, fail, resets = e
         edge = {
@@ -104,6 +108,29 @@ def openmetrics(start_s: int, minutes: int) -> str:
                 add(fam, "histogram", fam + "_bucket", {**sg, "le": le}, rate)
             add(fam, "histogram", fam + "_sum", sg, rate * 0.05)
             add(fam, "histogram", fam + "_count", sg, rate)
+
+        # span metrics: a CLIENT and a SERVER span per connection (Grafana's Service Graph table);
+        # two clients of one server share its SERVER series: summed below
+        for kind, service, verb in (
+            ("SPAN_KIND_CLIENT", cwl, "connect"),
+            ("SPAN_KIND_SERVER", swl, "accept"),
+        ):
+            name = f"tcp {verb} {sns + '/' if sns else ''}{swl}:{port}"
+            for status, per in (
+                ("STATUS_CODE_UNSET", rate * (1 - fail) - resets),
+                ("STATUS_CODE_ERROR", rate * fail + resets),
+            ):
+                key = (service, name, kind, status)
+                span_rates[key] = span_rates.get(key, 0.0) + per
+
+    for (service, name, kind, status), per in span_rates.items():
+        labels = {"service": service, "span_name": name, "span_kind": kind, "status_code": status}
+        add("traces_spanmetrics_calls", "counter", "traces_spanmetrics_calls_total", labels, per)
+        fam = "traces_spanmetrics_latency"
+        for le in ("0.0016", "0.0032", "0.0064", "+Inf"):
+            add(fam, "histogram", fam + "_bucket", {**labels, "le": le}, per)
+        add(fam, "histogram", fam + "_sum", labels, per * 0.001)
+        add(fam, "histogram", fam + "_count", labels, per)
 
     for name in sorted(contract.series):
         if not name.startswith("podwire_agent_"):

@@ -184,9 +184,14 @@ def _send_spans(endpoint: str) -> tuple[int, int]:
         return tp.get_tracer(names.TRACER_NAME)
 
     attrs = {names.SERVER_PORT: 8080, names.SPAN_OUTCOME: "closed"}
-    client = tracer("frontend").start_span(names.SPAN_NAME, kind=SpanKind.CLIENT, attributes=attrs)
+    client = tracer("frontend").start_span(
+        "tcp connect shop/cart:8080", kind=SpanKind.CLIENT, attributes=attrs
+    )
     server = tracer("cart").start_span(
-        names.SPAN_NAME, kind=SpanKind.SERVER, attributes=attrs, context=set_span_in_context(client)
+        "tcp accept shop/cart:8080",
+        kind=SpanKind.SERVER,
+        attributes=attrs,
+        context=set_span_in_context(client),
     )
     server.end()
     client.end()

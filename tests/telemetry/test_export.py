@@ -269,12 +269,15 @@ def test_prometheus_scrapes_metrics_and_promql_returns_the_exact_values(promethe
         web, db = pod("web"), pod("db", kind="StatefulSet")
         for rec in (record(duration=0.01), record(duration=0.3), record(duration=2.0)):
             t.metrics.on_opened(opened_for(rec), web, db)
-            t.metrics.on_connection(named(rec, web, db))
+            for sink in t.sinks:
+                sink.on_connection(named(rec, web, db))
         t.metrics.on_opened(opened_for(record()), web, db)  # still open
-        t.metrics.on_connection(named(record(Outcome.REFUSED), web, db))
-        t.metrics.on_connection(
-            named(record(Outcome.RESET, duration=0.05, initiator=CloseInitiator.SERVER), web, db)
-        )
+        for rec in (
+            record(Outcome.REFUSED),
+            record(Outcome.RESET, duration=0.05, initiator=CloseInitiator.SERVER),
+        ):
+            for sink in t.sinks:
+                sink.on_connection(named(rec, web, db))
         t.add_source(lambda: AgentSnapshot(packets=4321, kernel_drops=0, tracker_entries=12))
 
         text = t.metrics_text().decode()
@@ -308,7 +311,7 @@ def test_prometheus_scrapes_metrics_and_promql_returns_the_exact_values(promethe
             f'podwire_tcp_bytes_total{{{edge},direction="client_to_server"}}': 4000,
             f'podwire_tcp_bytes_total{{{edge},direction="server_to_client"}}': 20000,
             f"podwire_tcp_connection_duration_seconds_count{{{edge}}}": 4,
-            f'podwire_tcp_connection_duration_seconds_bucket{{{edge},le="0.25"}}': 2,
+            f'podwire_tcp_connection_duration_seconds_bucket{{{edge},le="0.0512"}}': 2,
             f'podwire_tcp_connection_duration_seconds_bucket{{{edge},le="+Inf"}}': 4,
             f"podwire_tcp_handshake_duration_seconds_count{{{edge}}}": 5,
             f'podwire_tcp_failures_total{{{edge},reason="refused"}}': 1,
@@ -318,11 +321,21 @@ def test_prometheus_scrapes_metrics_and_promql_returns_the_exact_values(promethe
             'server_service_namespace="shop",connection_type=""}': 5,
             'traces_service_graph_request_failed_total{client="web",server="db"}': 2,
             # 0.01, 0.05, 0.25 (the refused one), 0.3
-            'traces_service_graph_request_server_seconds_bucket{client="web",server="db",le="0.4"}': 4,
+            'traces_service_graph_request_server_seconds_bucket{client="web",server="db",le="0.4096"}': 4,
             'traces_service_graph_request_client_seconds_count{client="web",server="db"}': 5,
             "podwire_agent_packets_total": 4321,
             "podwire_agent_tracker_entries": 12,
             "podwire_agent_series_dropped_total": 0,
+            # Grafana's Service Graph table series: one CLIENT span per connection seen at the client
+            'traces_spanmetrics_calls_total{service="web",span_name="tcp connect shop/db:8080",'
+            'span_kind="SPAN_KIND_CLIENT",status_code="STATUS_CODE_UNSET"}': 3,
+            'traces_spanmetrics_calls_total{service="web",status_code="STATUS_CODE_ERROR"}': 2,
+            'sum(traces_spanmetrics_calls_total{span_kind="SPAN_KIND_SERVER"}) or vector(0)': 0,
+            'traces_spanmetrics_latency_bucket{service="web",status_code="STATUS_CODE_UNSET",le="0.0128"}': 1,
+            'traces_spanmetrics_latency_count{service="web",status_code="STATUS_CODE_UNSET"}': 3,
+            # self-metrics known at start exist at 0 before their first event
+            'podwire_agent_export_failures_total{signal="metrics"}': 0,
+            'podwire_agent_export_dropped_total{signal="traces",reason="queue_full"}': 0,
         }
         for promql, want in expected.items():
             assert _value(prom, promql) == want, promql

@@ -11,6 +11,7 @@ from podwire.model import CloseInitiator, Identity, IdentityKind, Outcome, Side
 from podwire.telemetry import names as n
 from podwire.telemetry.export import Telemetry
 from podwire.telemetry.metrics import AgentSnapshot, counts_here
+from podwire.tracker.tracker import ANOMALY_KINDS
 from tests.otlp_receiver import OtlpReceiver, Point
 from tests.telemetry.factory import external, host_pod, named, opened_for, pod, record, service
 
@@ -149,9 +150,9 @@ def test_edge_instruments_carry_exact_names_units_attributes_and_values(
         (dur,) = receiver.latest_points(n.TCP_CONNECTION_DURATION)
         assert dur.unit == "s" and dur.count == 4  # closed + reset; failures never opened
         assert dur.sum == pytest.approx(0.004 + 0.2 + 3.0 + 0.05)
-        assert dur.explicit_bounds == n.CONNECTION_DURATION_BUCKETS
+        assert dur.explicit_bounds == n.DURATION_BUCKETS
         b = dict(zip((*dur.explicit_bounds, float("inf")), dur.bucket_counts))
-        assert (b[0.005], b[0.05], b[0.25], b[5.0]) == (1, 1, 1, 1)
+        assert (b[0.0064], b[0.0512], b[0.2048], b[3.2768]) == (1, 1, 1, 1)
 
         (hs,) = receiver.latest_points(n.TCP_HANDSHAKE_DURATION)
         assert hs.count == 5  # four closed/reset + the one still open, each once
@@ -180,10 +181,31 @@ def test_edge_instruments_carry_exact_names_units_attributes_and_values(
         for name in (n.SG_REQUEST_SERVER_SECONDS, n.SG_REQUEST_CLIENT_SECONDS):
             (h,) = receiver.latest_points(name)
             assert h.attributes == sg_labels and h.count == 6 and h.unit == "s"
-            assert h.explicit_bounds == (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8)  # Tempo's defaults
+            # 100 us .. hours, a factor of 2 per bucket (Tempo's 0.1 s first bucket held every one)
+            assert h.explicit_bounds == n.DURATION_BUCKETS
+            assert h.explicit_bounds[0] == 0.0001 and h.explicit_bounds[-1] > 3 * 3600
             assert h.sum == pytest.approx(0.004 + 0.2 + 3.0 + 0.05 + 0.0002 + 7.0)
+            b = dict(zip((*h.explicit_bounds, float("inf")), h.bucket_counts))
+            assert (b[0.0002], b[0.0064], b[0.0512], b[0.2048], b[3.2768], b[13.1072]) == (1, 1, 1, 1, 1, 1)
         transport = "grpc" if protocol == "grpc" else "http"
         assert receiver.request_counts[(transport, "metrics")] >= 1
+    finally:
+        t.shutdown(3)
+
+
+def test_duration_buckets_setting_sets_the_duration_and_service_graph_histograms(
+    receiver: OtlpReceiver,
+) -> None:
+    t = make(receiver, duration_buckets=(0.001, 0.01, 60.0))
+    try:
+        rec = record(duration=0.005)
+        t.metrics.on_connection(named(rec, pod("web"), pod("db")))
+        t.span_metrics.on_connection(named(rec, pod("web"), pod("db")))
+        for name in (n.TCP_CONNECTION_DURATION, n.SG_REQUEST_SERVER_SECONDS, n.SM_LATENCY):
+            (h,) = flushed(receiver, t, name)
+            assert h.explicit_bounds == (0.001, 0.01, 60.0) and list(h.bucket_counts) == [0, 1, 0, 0], name
+        (hs,) = flushed(receiver, t, n.TCP_HANDSHAKE_DURATION)
+        assert hs.explicit_bounds == n.HANDSHAKE_DURATION_BUCKETS  # its own scale
     finally:
         t.shutdown(3)
 
@@ -257,7 +279,9 @@ def test_self_metrics_read_registered_snapshot_sources(receiver: OtlpReceiver, t
     assert values[n.AGENT_INTERFACES][0].monotonic is False
     assert [p.value for p in values[n.AGENT_TRACKER_ENTRIES]] == [17]
     assert [p.value for p in values[n.AGENT_TRACKER_EVICTIONS]] == [5]
-    assert [(p.attributes, p.value) for p in values[n.AGENT_TRACKER_ANOMALIES]] == [({"kind": "bad_ack"}, 2)]
+    anomalies = {p.attributes["kind"]: p.value for p in values[n.AGENT_TRACKER_ANOMALIES]}
+    # every kind the tracker knows is there from the start, at 0 (rate() needs a start)
+    assert anomalies == {**dict.fromkeys(ANOMALY_KINDS, 0), "bad_ack": 2}
     assert [p.value for p in values[n.AGENT_IDENTITY_MISSES]] == [9]
     # the agent's resource names the node, so two agents' series never collide downstream
     assert values[n.AGENT_PACKETS][0].resource["service.instance.id"] == "node-a"

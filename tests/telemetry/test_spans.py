@@ -98,8 +98,11 @@ def test_client_and_server_spans_from_two_agents_join_across_a_clusterip_dnat(
         assert c.attributes["network.transport"] == "tcp" and c.attributes["network.type"] == "ipv4"
         assert c.attributes[n.SPAN_OUTCOME] == "closed" and c.attributes[n.SPAN_CLOSE_INITIATOR] == "client"
         assert c.attributes[n.SPAN_BYTES_C2S] > 0 and n.SPAN_HANDSHAKE_RTT in c.attributes
-        # a Service is not a span-sending pod: named as peer.service (its backend still pairs)
-        assert c.attributes["peer.service"] == "api" and "peer.service" not in s.attributes
+        # a Service's backend sends the SERVER span: no peer.service, or Tempo would draw a
+        # virtual node "api" beside the real one
+        assert "peer.service" not in c.attributes and "peer.service" not in s.attributes
+        # names tell edges apart (bounded: workload/Service and port) and CLIENT from SERVER
+        assert (c.name, s.name) == ("tcp connect shop/api:80", "tcp accept shop/api:8080")
         assert c.status_code == s.status_code == 0
     finally:
         node_a.shutdown(3)
@@ -185,6 +188,7 @@ def test_no_span_without_a_syn_or_a_close_and_pcap_records_give_both_ends(receiv
         assert sorted(s.kind for s in pcap_spans) == [SERVER_KIND, CLIENT_KIND]
         (ext,) = [s for s in spans if s.attributes["server.port"] == 443]
         assert ext.kind == CLIENT_KIND and ext.attributes["peer.service"] == "example.com"
+        assert ext.name == "tcp connect example.com:443"  # no namespace: no "/"
         assert ext.parent_span_id == b""
     finally:
         t.shutdown(3)

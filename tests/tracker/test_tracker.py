@@ -817,3 +817,19 @@ def test_expire_leaves_young_entries_of_every_phase_alone() -> None:
     assert sorted(r.outcome for r in records(events)) == [Outcome.CLOSED, Outcome.TIMEOUT]
     assert t.stats.anomalies["idle_expired"] == 1
     assert (t.stats.half_open, t.stats.established, t.stats.closing) == (1, 1, 1)
+
+
+def test_anomaly_kinds_lists_every_kind_the_tracker_counts() -> None:
+    """The self-metrics export each kind at 0 from the start: a kind missing here would appear only
+    at its first event (no rate() start, "No data" panels)."""
+    import re
+    from pathlib import Path
+
+    from podwire.tracker import tracker as tracker_module
+    from podwire.tracker.transitions import RULES
+
+    source = Path(tracker_module.__file__).read_text()
+    counted = set(re.findall(r'(?:_anomaly\(|count\(anomalies, |_count\(self\._anomalies, )"(\w+)"', source))
+    counted |= {rule.anomaly for rule in RULES if rule.anomaly is not None}
+    assert len(counted) > 10
+    assert counted == set(tracker_module.ANOMALY_KINDS)

@@ -83,6 +83,7 @@ from podwire.telemetry.metrics import (
     MetricsSink,
     SelfMetrics,
 )
+from podwire.telemetry.spanmetrics import SpanMetricsSink
 from podwire.telemetry.spans import SpanSink
 
 _log = log.get("podwire.telemetry")
@@ -496,7 +497,8 @@ class Telemetry:
         self.scope = InstrumentationScope(n.METER_NAME, _version)
 
         self.metrics = MetricsSink.from_settings(settings)
-        producer = MetricsProducer(self.scope, [self.metrics])
+        self.span_metrics = SpanMetricsSink.from_settings(settings)
+        producer = MetricsProducer(self.scope, [self.metrics, self.span_metrics])
         self.registry = CollectorRegistry(auto_describe=True)
         self._scrape_lock = threading.Lock()
         readers: list[MetricReader] = [_PrometheusReader(producer, self.registry)]
@@ -513,7 +515,7 @@ class Telemetry:
             metric_readers=readers, resource=self.resource, shutdown_on_exit=False
         )
         meter = self.meter_provider.get_meter(n.METER_NAME, _version)
-        self.self_metrics = SelfMetrics(meter, self.counters, self.metrics)
+        self.self_metrics = SelfMetrics(meter, self.counters, self.metrics, self.span_metrics)
 
         self.span_processor: BoundedSpanProcessor | None = None
         self.spans: SpanSink | None = None
@@ -542,7 +544,8 @@ class Telemetry:
 
     @property
     def sinks(self) -> tuple[Sink, ...]:
-        return (self.metrics,) if self.spans is None else (self.metrics, self.spans)
+        base: tuple[Sink, ...] = (self.metrics, self.span_metrics)
+        return base if self.spans is None else (*base, self.spans)
 
     def add_source(self, source: Any) -> None:
         """Register a `() -> AgentSnapshot` callback for the self-metrics."""

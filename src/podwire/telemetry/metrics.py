@@ -22,8 +22,9 @@ modules/generator/processor/servicegraphs/servicegraphs.go, store/edge.go, confi
   client/server pair, "virtual_node" when one end sent no span, "database", "messaging_system"),
   then each dimension twice with client_/server_ prefixes: the `service.namespace` dimension gives
   client_service_namespace / server_service_namespace;
-- an edge is failed when either span has status ERROR; default buckets
-  ExponentialBuckets(0.1, 2, 8) = 0.1 .. 12.8 s.
+- an edge is failed when either span has status ERROR; Tempo's default buckets
+  ExponentialBuckets(0.1, 2, 8) = 0.1 .. 12.8 s put every millisecond connection in the first
+  bucket, so podwire's are ExponentialBuckets(0.0001, 2, 28) = 100 us .. 3.7 h (names.py).
 podwire counts one TCP connection as one request, refused/timeout/reset as failed, names pods by
 workload (their spans' service.name), and names an external peer by its external name (Tempo would
 use peer.service, or "user" for a client without a span).  One deliberate difference: both seconds
@@ -40,6 +41,7 @@ from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from opentelemetry.metrics import Meter, Observation
 from opentelemetry.sdk.metrics.export import (
@@ -70,6 +72,7 @@ from podwire.model import (
     Side,
 )
 from podwire.telemetry import names as n
+from podwire.tracker.tracker import ANOMALY_KINDS
 
 AttrValue = str | int
 Attrs = dict[str, AttrValue]
@@ -99,7 +102,7 @@ def counts_here(observed_side: Side | None, client: Identity) -> bool:
     return not is_watched_pod(client)
 
 
-def _sends_spans(ident: Identity) -> bool:
+def sends_spans(ident: Identity) -> bool:
     """Tempo draws an end without spans of its own as a virtual node.  A Service's backend pods
     send the server spans (joined through DNAT by the ISN ids), so a Service is not virtual."""
     return is_watched_pod(ident) or ident.kind is IdentityKind.SERVICE
@@ -113,10 +116,16 @@ class LabelConfig:
     pod_names: bool = False
     client_port: bool = False
     max_series: int = 20_000
+    duration_buckets: tuple[float, ...] = n.DURATION_BUCKETS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LabelConfig:
-        return cls(settings.label_pod_names, settings.label_client_port, settings.max_series)
+        return cls(
+            settings.label_pod_names,
+            settings.label_client_port,
+            settings.max_series,
+            settings.duration_buckets or n.DURATION_BUCKETS,
+        )
 
 
 def _kind(ident: Identity) -> str:
@@ -191,7 +200,7 @@ class _Edge:
         "start_ns",
     )
 
-    def __init__(self, attrs: Attrs, sg_attrs: Attrs, start_ns: int) -> None:
+    def __init__(self, attrs: Attrs, sg_attrs: Attrs, start_ns: int, buckets: tuple[float, ...]) -> None:
         self.attrs = attrs
         self.sg_attrs = sg_attrs
         self.start_ns = start_ns
@@ -201,12 +210,12 @@ class _Edge:
         self.resets = [0] * len(_SENDERS)
         self.active = 0
         self.active_seen = False
-        self.dur = _Hist(n.CONNECTION_DURATION_BUCKETS)
+        self.dur = _Hist(buckets)
         self.hs = _Hist(n.HANDSHAKE_DURATION_BUCKETS)
         self.sg_total = 0
         self.sg_failed = 0
-        self.sg_server = _Hist(n.SG_BUCKETS)
-        self.sg_client = _Hist(n.SG_BUCKETS)
+        self.sg_server = _Hist(buckets)
+        self.sg_client = _Hist(buckets)
         # socket stats
         self.rtt = _Hist(n.RTT_BUCKETS)
         self.min_rtt = float("inf")
@@ -249,7 +258,7 @@ def _overflow_edge(cfg: LabelConfig, start_ns: int) -> _Edge:
         n.SG_CLIENT_NAMESPACE: o,
         n.SG_SERVER_NAMESPACE: o,
     }
-    return _Edge(attrs, sg, start_ns)
+    return _Edge(attrs, sg, start_ns, cfg.duration_buckets)
 
 
 # --- agent self-metrics -----------------------------------------------------------------------
@@ -288,9 +297,13 @@ class ExportCounters:
     __slots__ = ("dropped", "failures")
 
     def __init__(self) -> None:
-        # (signal, reason) -> items dropped; signal -> failed export calls
-        self.dropped: dict[tuple[str, str], int] = {}
-        self.failures: dict[str, int] = {}
+        # (signal, reason) -> items dropped; signal -> failed export calls.  Every series known at
+        # start exists from the first collection with 0: rate() and "No data" panels need a start.
+        self.dropped: dict[tuple[str, str], int] = {
+            (n.SIGNAL_TRACES, n.DROP_QUEUE_FULL): 0,
+            (n.SIGNAL_TRACES, n.DROP_EXPORT_FAILED): 0,
+        }
+        self.failures: dict[str, int] = {n.SIGNAL_METRICS: 0, n.SIGNAL_TRACES: 0}
 
     def drop(self, signal: str, reason: str, count: int) -> None:
         key = (signal, reason)
@@ -300,6 +313,16 @@ class ExportCounters:
         self.failures[signal] = self.failures.get(signal, 0) + 1
 
 
+class Bounded(Protocol):
+    """A sink whose label sets are capped at max_series."""
+
+    @property
+    def series(self) -> int: ...
+
+    @property
+    def series_dropped(self) -> int: ...
+
+
 class SelfMetrics:
     """Observable instruments over the agent's counters; `add_source` registers a snapshot callback.
 
@@ -307,7 +330,13 @@ class SelfMetrics:
     Callbacks run on the reader's thread at collection, never on the capture thread.
     """
 
-    def __init__(self, meter: Meter, export: ExportCounters, sink: MetricsSink | None = None) -> None:
+    def __init__(
+        self,
+        meter: Meter,
+        export: ExportCounters,
+        sink: MetricsSink | None = None,
+        span_metrics: Bounded | None = None,
+    ) -> None:
         self._sources: list[Callable[[], AgentSnapshot]] = []
         self._export = export
         self._sink = sink
@@ -353,7 +382,7 @@ class SelfMetrics:
             n.AGENT_TRACKER_ANOMALIES,
             n.UNIT_EVENTS,
             "Segments the tracker found odd",
-            self._by(lambda s: s.tracker_anomalies, n.KIND),
+            self._by(lambda s: s.tracker_anomalies, n.KIND, ANOMALY_KINDS),
         )
         counter(
             n.AGENT_IDENTITY_MISSES,
@@ -422,18 +451,19 @@ class SelfMetrics:
         )
         counter(n.AGENT_EXPORT_FAILURES, n.UNIT_EVENTS, "Failed export calls", self._failures)
         counter(n.AGENT_EXPORT_DROPPED, n.UNIT_ITEMS, "Spans not delivered", self._dropped)
-        if sink is not None:
+        bounded: list[Bounded] = [b for b in (sink, span_metrics) if b is not None]
+        if bounded:
             counter(
                 n.AGENT_SERIES_DROPPED,
                 n.UNIT_CONNECTIONS,
-                "Connections folded into the overflow edge (max_series reached)",
-                lambda: [Observation(sink.series_dropped)],
+                "Connections folded into an overflow series (max_series reached)",
+                lambda: [Observation(sum(b.series_dropped for b in bounded))],
             )
             gauge(
                 n.AGENT_SERIES,
                 n.UNIT_SERIES,
-                "Distinct edge label sets held",
-                lambda: [Observation(sink.series)],
+                "Distinct label sets held (edges and span-metrics series)",
+                lambda: [Observation(sum(b.series for b in bounded))],
             )
 
     def add_source(self, source: Callable[[], AgentSnapshot]) -> None:
@@ -565,7 +595,7 @@ class MetricsSink:
             extra = 10
         if self._cfg.client_port:
             attrs[n.CLIENT_PORT] = key[extra]  # type: ignore[assignment]
-        virtual = not (_sends_spans(client) and _sends_spans(server))
+        virtual = not (sends_spans(client) and sends_spans(server))
         sg: Attrs = {
             n.SG_CLIENT: client.workload_name,
             n.SG_SERVER: server.workload_name,
@@ -573,7 +603,7 @@ class MetricsSink:
             n.SG_CLIENT_NAMESPACE: client.namespace or "",
             n.SG_SERVER_NAMESPACE: server.namespace or "",
         }
-        return _Edge(attrs, sg, self._clock_ns())
+        return _Edge(attrs, sg, self._clock_ns(), self._cfg.duration_buckets)
 
     def on_opened(self, event: ConnectionOpened, client: Identity, server: Identity) -> None:
         if not counts_here(event.observed_side, client):
@@ -874,10 +904,16 @@ def _merge_hists(points: list[HistogramDataPoint]) -> list[HistogramDataPoint]:
 # --- handing the points to the SDK readers ------------------------------------------------------
 
 
+class PointSource(Protocol):
+    """A sink that hands ready cumulative points to the readers (MetricsSink, SpanMetricsSink)."""
+
+    def produce(self) -> list[Metric]: ...
+
+
 class MetricsProducer:
     """What the readers in export.py call at each collection; several sinks can be merged."""
 
-    def __init__(self, scope: InstrumentationScope, sinks: Sequence[MetricsSink]) -> None:
+    def __init__(self, scope: InstrumentationScope, sinks: Sequence[PointSource]) -> None:
         self._scope = scope
         self._sinks = tuple(sinks)
 

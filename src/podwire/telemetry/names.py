@@ -36,6 +36,14 @@ SG_REQUEST_FAILED: Final = "traces_service_graph_request_failed"  # traces_servi
 SG_REQUEST_SERVER_SECONDS: Final = "traces_service_graph_request_server_seconds"  # histogram, unchanged
 SG_REQUEST_CLIENT_SECONDS: Final = "traces_service_graph_request_client_seconds"  # histogram, unchanged
 
+# --- Tempo span-metrics series, read by Grafana's Service Graph table (names and labels exactly as
+# Tempo's span-metrics processor writes them; Grafana's Tempo data source queries these) ------------
+SM_CALLS: Final = (
+    "traces_spanmetrics_calls"  # traces_spanmetrics_calls_total{service,span_name,span_kind,status_code}
+)
+# traces_spanmetrics_latency_bucket: histogram in seconds with no unit suffix (UNIT_NONE), like Tempo's
+SM_LATENCY: Final = "traces_spanmetrics_latency"
+
 # --- agent self-metrics ----------------------------------------------------------
 AGENT_PACKETS: Final = "podwire.agent.packets"  # podwire_agent_packets_total
 AGENT_KERNEL_DROPS: Final = "podwire.agent.kernel.drops"  # podwire_agent_kernel_drops_total
@@ -102,6 +110,16 @@ SG_CONNECTION_TYPE: Final = "connection_type"
 SG_CLIENT_NAMESPACE: Final = "client_service_namespace"
 SG_SERVER_NAMESPACE: Final = "server_service_namespace"
 
+# --- span-metrics labels and their values (Tempo's) ---------------------------------------
+SM_SERVICE: Final = "service"
+SM_SPAN_NAME: Final = "span_name"
+SM_SPAN_KIND: Final = "span_kind"
+SM_STATUS_CODE: Final = "status_code"
+SM_KIND_CLIENT: Final = "SPAN_KIND_CLIENT"
+SM_KIND_SERVER: Final = "SPAN_KIND_SERVER"
+SM_STATUS_UNSET: Final = "STATUS_CODE_UNSET"
+SM_STATUS_ERROR: Final = "STATUS_CODE_ERROR"
+
 # --- values of edge attributes -----------------------------------------------------
 OVERFLOW: Final = "overflow"  # every label of the edge that collects connections past max_series
 UNKNOWN: Final = "unknown"  # resets whose sender is not known
@@ -117,9 +135,11 @@ VIRTUAL_NODE: Final = "virtual_node"  # Tempo's connection_type for an edge with
 # --- units (UCUM, as OTel wants; the Prometheus exporters turn s -> _seconds, By -> _bytes and
 # drop {annotations}) ------------------------------------------------------------------
 UNIT_SECONDS: Final = "s"
+UNIT_NONE: Final = ""  # for a name that must stay as Tempo writes it (traces_spanmetrics_latency: seconds)
 UNIT_BYTES: Final = "By"
 UNIT_CONNECTIONS: Final = "{connection}"
 UNIT_REQUESTS: Final = "{request}"
+UNIT_CALLS: Final = "{call}"
 UNIT_PACKETS: Final = "{packet}"
 UNIT_ERRORS: Final = "{error}"
 UNIT_INTERFACES: Final = "{interface}"
@@ -133,11 +153,13 @@ UNIT_PODS: Final = "{pod}"
 UNIT_DUMPS: Final = "{dump}"
 
 # --- histogram buckets (upper bounds, seconds) --------------------------------------
-# Connections live from a millisecond (health checks) to hours (database pools).
-CONNECTION_DURATION_BUCKETS: Final = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0,
-)  # fmt: skip
+# Connection durations (podwire_tcp_connection_duration_seconds, both service-graph histograms and
+# the span-metrics latency): a health check lasts 100 us on one node, a database pool's connection
+# hours.  Tempo's own rule, prometheus.ExponentialBuckets(start, 2, count), started 1000x below
+# Tempo's default (0.1 s, which put every millisecond connection in the first bucket):
+# ExponentialBuckets(0.0001, 2, 28) = 100 us .. 3.7 h.  Each bucket spans a factor of 2, so a
+# histogram_quantile() is within 2x of the true value.  PODWIRE_DURATION_BUCKETS overrides them.
+DURATION_BUCKETS: Final = tuple(round(0.0001 * 2**k, 10) for k in range(28))
 # A handshake on one node takes tens of microseconds; SYN retransmits add 1 s, 3 s.
 HANDSHAKE_DURATION_BUCKETS: Final = (
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
@@ -148,13 +170,14 @@ RTT_BUCKETS: Final = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
     0.5, 1.0,
 )  # fmt: skip
-# Tempo's default: prometheus.ExponentialBuckets(0.1, 2, 8)
-# (grafana/tempo modules/generator/processor/servicegraphs/config.go).
-SG_BUCKETS: Final = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8)
 
 # --- spans ---------------------------------------------------------------------------
 TRACER_NAME: Final = "podwire"
-SPAN_NAME: Final = "tcp.connection"  # one low-cardinality name; the edge is in the resource/attributes
+# Span names: "tcp connect <ns>/<server>:<port>" (CLIENT), "tcp accept <ns>/<server>:<port>" (SERVER);
+# bounded like the edges (spans.py explains why the two kinds differ).
+SPAN_NAME_PREFIX: Final = "tcp"
+SPAN_VERB_CLIENT: Final = "connect"
+SPAN_VERB_SERVER: Final = "accept"
 # semantic-convention span attributes
 CLIENT_ADDRESS: Final = "client.address"
 SERVER_ADDRESS: Final = "server.address"

@@ -22,8 +22,14 @@ Decisions:
 - Which end: observed_side CLIENT -> CLIENT span, SERVER -> SERVER span.  With no side (pcap,
   one capture of the whole conversation) the CLIENT span is emitted when the client is a watched
   pod or the server is not, and the SERVER span when the server is a watched pod.
-- `peer.service` names the peer when it sends no span of its own (not an agent-watched pod), so
-  Tempo draws a virtual node for it; a SERVER span whose client sends no span is a root span.
+- `peer.service` names the peer when it sends no span of its own, so Tempo draws a virtual node
+  for it: not on a CLIENT span to an agent-watched pod or to a Service (its backend sends the SERVER
+  span, joined through DNAT by the ISN ids); a SERVER span whose client sends no span is a root span.
+- Span names tell edges apart with bounded cardinality: `tcp connect <ns>/<server>:<port>` on
+  CLIENT spans, `tcp accept <ns>/<server>:<port>` on SERVER spans (the server's workload or
+  Service, external or node name, never a pod, an address or a client port).  CLIENT and SERVER
+  names differ on purpose: Grafana's Service Graph table takes rates from SERVER spans but error
+  rates from every span of a name; one name for both kinds would count each failure twice.
 
 Cost: one TracerProvider per resource would be expensive, so ReadableSpan objects are built here
 with a cached Resource per workload (bounded LRU) and handed straight to a span processor.
@@ -54,7 +60,7 @@ from podwire.model import (
     TlsInfo,
 )
 from podwire.telemetry import names as n
-from podwire.telemetry.metrics import is_watched_pod
+from podwire.telemetry.metrics import is_watched_pod, sends_spans
 
 _ISNS = struct.Struct("!II")
 _ISN = struct.Struct("!I")
@@ -102,6 +108,28 @@ def sampled(trace_id: int, ratio: float) -> bool:
     if ratio <= 0.0:
         return False
     return (trace_id & _MASK64) < int(ratio * (1 << 64))
+
+
+def span_name(kind: SpanKind, server: Identity, port: int) -> str:
+    """`tcp connect shop/api:80` (CLIENT), `tcp accept shop/api:8080` (SERVER); see the module doc."""
+    verb = n.SPAN_VERB_SERVER if kind is SpanKind.SERVER else n.SPAN_VERB_CLIENT
+    ns = f"{server.namespace}/" if server.namespace else ""
+    return f"{n.SPAN_NAME_PREFIX} {verb} {ns}{server.workload_name}:{port}"
+
+
+def has_span(rec: ConnectionRecord) -> bool:
+    """A connection gets spans only with a SYN time, a client ISN and an end (module doc)."""
+    return rec.client_isn is not None and rec.outcome is not Outcome.OPEN and rec.start_time is not None
+
+
+def span_ends(rec: ConnectionRecord, client: Identity, server: Identity) -> tuple[bool, bool]:
+    """(CLIENT span here?, SERVER span here?) for a record this agent saw (module doc, "Which end")."""
+    side = rec.observed_side
+    client_pod, server_pod = is_watched_pod(client), is_watched_pod(server)
+    return (
+        side is Side.CLIENT or (side is None and (client_pod or not server_pod)),
+        side is Side.SERVER or (side is None and server_pod),
+    )
 
 
 class SpanConsumer(Protocol):
@@ -202,20 +230,20 @@ class SpanSink:
 
     def on_connection(self, conn: NamedConnection) -> None:
         rec = conn.record
-        if rec.client_isn is None or rec.outcome is Outcome.OPEN or rec.start_time is None:
+        if not has_span(rec):
             self.skipped += 1
             return
+        assert rec.client_isn is not None  # has_span
         ids = span_ids(rec.client_isn, rec.server_isn)
         if not sampled(ids.trace_id, self._ratio):
             if self._on_sampled_out is not None:
                 self._on_sampled_out()
             return
-        side = rec.observed_side
-        client_pod, server_pod = is_watched_pod(conn.client), is_watched_pod(conn.server)
-        if side is Side.CLIENT or (side is None and (client_pod or not server_pod)):
-            self._emit(rec, ids, SpanKind.CLIENT, conn.client, conn.server, server_pod)
-        if side is Side.SERVER or (side is None and server_pod):
-            self._emit(rec, ids, SpanKind.SERVER, conn.server, conn.client, client_pod)
+        client_end, server_end = span_ends(rec, conn.client, conn.server)
+        if client_end:
+            self._emit(rec, ids, SpanKind.CLIENT, conn.client, conn.server, sends_spans(conn.server))
+        if server_end:
+            self._emit(rec, ids, SpanKind.SERVER, conn.server, conn.client, is_watched_pod(conn.client))
 
     def _emit(
         self,
@@ -269,8 +297,9 @@ class SpanSink:
             # A client that sends no span of its own (external, node, hostNetwork) leaves the server
             # span as the root: a parent id that never arrives would show as a broken trace.
             parent = SpanContext(ids.trace_id, ids.client_span_id, True, _SAMPLED) if peer_has_span else None
+        server = peer if kind is SpanKind.CLIENT else local
         span = ReadableSpan(
-            name=n.SPAN_NAME,
+            name=span_name(kind, server, rec.server.port),
             context=context,
             parent=parent,
             resource=self._resources.get(local),

@@ -121,6 +121,17 @@ Key = tuple[int, bytes, bytes, int, int]  # (point, client addr, server addr, cl
 _MASK = 0xFFFFFFFF
 _HALF = 0x80000000
 _NONE: Events = ()
+# Every anomaly kind the tracker can count: the table's and the classifier's own (the self-metrics
+# export each at 0 from the start; a test keeps the list whole).
+ANOMALY_KINDS: tuple[str, ...] = tuple(
+    sorted(
+        {rule.anomaly for rule in RULES if rule.anomaly is not None}
+        | {
+            "bad_flags", "no_control_flag", "after_close", "idle_expired", "late_syn", "ack_mismatch",
+            "late_synack", "synack_new_isn", "fin_seq_changed", "fin_without_ack",
+        }
+    )
+)  # fmt: skip
 _ENDPOINT_CACHE = 65_536
 _COMPACT_MIN = 16_384  # compact only after a peak this large (a small table costs little)
 
