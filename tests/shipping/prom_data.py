@@ -75,6 +75,11 @@ def openmetrics(start_s: int, minutes: int) -> str:
                 rate * per,
             )
         add("podwire_tcp_connections_active", "gauge", "podwire_tcp_connections_active", edge, 3.0)
+        # socket stats, as the names.py contract lists them
+        for name in ("podwire_tcp_rtt_seconds", "podwire_tcp_min_rtt_seconds"):
+            add(name, "gauge", name, edge, 0.0004)
+        for name in ("podwire_tcp_retransmits_total", "podwire_tcp_connections_retransmitting_total"):
+            add(name.removesuffix("_total"), "counter", name, {**edge, "sender": "client"}, rate * fail)
         for fam, buckets in (
             ("podwire_tcp_connection_duration_seconds", (0.01, 0.1, 1.0, 10.0)),
             ("podwire_tcp_handshake_duration_seconds", (0.0001, 0.001, 0.01)),
