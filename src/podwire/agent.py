@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, TextIO
 
@@ -442,6 +442,7 @@ class Agent:
         *,
         netns_list: Sequence[str | None] | None = None,
         extra_sinks: Sequence[Sink] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         from podwire.identity import build_service
         from podwire.telemetry.export import METRICS_CONTENT_TYPE, Telemetry
@@ -453,7 +454,7 @@ class Agent:
         namespaces = list(netns_list) if netns_list is not None else [settings.netns]
         check_start(settings, namespaces)
         self.identity = build_service(settings)
-        self.telemetry = Telemetry(settings)
+        self.telemetry = Telemetry(settings, env)  # env: OTEL_* (None: the process's)
         self.store = ConnectionStore(StoreLimits.from_settings(settings))
         sinks: list[Sink] = [*self.telemetry.sinks, self.store, *extra_sinks]
         if len(namespaces) > 1:

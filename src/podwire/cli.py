@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     demo.add_argument("--listen", metavar="ADDR:PORT", help="HTTP listener (default 127.0.0.1:9477)")
     demo.add_argument("--no-tui", action="store_true", help="plain periodic lines instead of the live table")
+    demo.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="also send metrics and spans over OTLP to this collector, e.g. http://127.0.0.1:4317 "
+        "(gRPC; OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf for :4318); exports every 5 s "
+        "unless OTEL_METRIC_EXPORT_INTERVAL is set",
+    )
     _common(demo)
 
     replay = sub.add_parser("replay", help="print one connection record per connection in a pcap/pcapng file")
@@ -98,7 +105,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # the live table owns the terminal: only warnings interrupt it, unless a level was asked for
     level = settings.log_level if args.log_level or args.no_tui else "warning"
     log.configure(settings.log_format, level)
-    return demo_main.run(settings, duration=args.duration, tui=not args.no_tui)
+    return demo_main.run(
+        settings, duration=args.duration, tui=not args.no_tui, otlp_endpoint=args.otlp_endpoint
+    )
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

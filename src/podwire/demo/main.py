@@ -6,9 +6,12 @@ the next start (`cluster.cleanup_stale`).
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
+import urllib.parse
+from collections.abc import Mapping
 
 from podwire import log
 from podwire.config import ConfigError, Settings
@@ -17,15 +20,42 @@ _log = log.get("podwire.demo")
 
 REFRESH_S = 1.0
 PLAIN_EVERY_S = 5.0
+# A demo runs minutes, not hours: export every 5 s unless OTEL_METRIC_EXPORT_INTERVAL says otherwise.
+DEMO_EXPORT_INTERVAL_MS = "5000"
 
 
-def run(settings: Settings, duration: float | None, tui: bool) -> int:
+def otlp_env(endpoint: str | None, base: Mapping[str, str]) -> dict[str, str]:
+    """The OTEL_* environment the demo's agent exports with: `--otlp-endpoint URL` sets
+    OTEL_EXPORTER_OTLP_ENDPOINT; with any endpoint the metric interval defaults to 5 s.
+    A bad URL raises ValueError (one line)."""
+    env = dict(base)
+    if endpoint is not None:
+        url = urllib.parse.urlsplit(endpoint)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"--otlp-endpoint {endpoint!r}: expected http://HOST:PORT or https://HOST:PORT")
+        try:
+            url.port  # noqa: B018  (raises on a bad port)
+        except ValueError as exc:
+            raise ValueError(f"--otlp-endpoint {endpoint!r}: {exc}") from None
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+    endpoints = [k for k in env if k.startswith("OTEL_EXPORTER_OTLP_") and k.endswith("ENDPOINT") and env[k]]
+    if endpoints and "OTEL_METRIC_EXPORT_INTERVAL" not in env:
+        env["OTEL_METRIC_EXPORT_INTERVAL"] = DEMO_EXPORT_INTERVAL_MS
+    return env
+
+
+def run(settings: Settings, duration: float | None, tui: bool, otlp_endpoint: str | None = None) -> int:
     from podwire.agent import Agent, StartError
     from podwire.demo import cluster as cl
     from podwire.demo import inventory, traffic
     from podwire.telemetry.metrics import counts_here
     from podwire.views import table as table_view
 
+    try:
+        env = otlp_env(otlp_endpoint, os.environ)
+    except ValueError as exc:
+        print(f"podwire: {exc}", file=sys.stderr)
+        return 2
     try:
         cl.require_root()
     except cl.NotRootError as exc:
@@ -44,7 +74,9 @@ def run(settings: Settings, duration: float | None, tui: bool) -> int:
                 # short enough that the demo's unanswered SYNs show up while it runs
                 syn_timeout_s=min(settings.syn_timeout_s, 5.0),
             )
-            agent = Agent(agent_settings, netns_list=[n.netns for n in cluster.nodes], extra_sinks=[edges])
+            agent = Agent(
+                agent_settings, netns_list=[n.netns for n in cluster.nodes], extra_sinks=[edges], env=env
+            )
             agent.start()
             try:
                 running = traffic.TrafficPlan().start(cluster)
