@@ -95,6 +95,7 @@ OUT_OF_RANGE = {
     "PODWIRE_LABEL_POD_NAMES": "y",
     "PODWIRE_LABEL_CLIENT_PORT": "n",
     "PODWIRE_MAX_SERIES": "1000001",
+    "PODWIRE_DURATION_BUCKETS": "0.1,0.05",
     "PODWIRE_EXPORT_QUEUE_SIZE": "1048577",
     "PODWIRE_HTTP_MAX_CONNECTIONS": "4097",
     "PODWIRE_HTTP_REQUEST_TIMEOUT_S": "301",
@@ -170,3 +171,25 @@ def test_duplicate_cidrs_are_refused_whatever_their_spelling() -> None:
 def test_node_names_must_be_kubernetes_node_names(name: str) -> None:
     with pytest.raises(config.ConfigError):
         config.load(env={"PODWIRE_NODE_NAME": name})
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("", "1 to 64"),
+        (",".join(str(i + 1) for i in range(65)), "1 to 64"),
+        ("0,1", "> 0"),
+        ("1,nan", "> 0"),
+        ("1,604801", "<= 604800"),
+        ("1,1", "increasing"),
+        ("1,x", "could not convert"),
+    ],
+)
+def test_duration_buckets_are_bounded_and_increasing(text: str, why: str) -> None:
+    with pytest.raises(config.ConfigError, match=why):
+        config.load({"PODWIRE_DURATION_BUCKETS": text})
+    assert config.load({"PODWIRE_DURATION_BUCKETS": " 0.0005, 0.01,60 "}).duration_buckets == (
+        0.0005,
+        0.01,
+        60.0,
+    )
