@@ -4,8 +4,10 @@ One thread per kind.  Each lists (paged, raw JSON: no `kubernetes` model objects
 pods), then watches from the list's resourceVersion with bookmarks, parsing the chunked
 stream line by line.  A 410 Gone (an expired resourceVersion, after compaction or an API
 server restart) means relist, then a diff against the index, so nothing deleted meanwhile
-stays and nothing added is lost.  A dropped connection reconnects from the last
-resourceVersion after a jittered backoff.  `ready` turns true once every kind has synced.
+stays and nothing added is lost.  A watch the server ends reconnects from the last
+resourceVersion; an API server that cannot be reached is retried every RECONNECT_CAP_S at most
+(jittered), however long the outage, and re-listed as soon as it answers: a pod deleted and its
+IP reused meanwhile is named right within seconds.  `ready` turns true once every kind has synced.
 
 Pods are named by their controller, walked one step further for ReplicaSet -> Deployment
 and Job -> CronJob (the ReplicaSet and Job maps are kept here, slim: one string each).
@@ -47,6 +49,7 @@ KINDS: dict[str, tuple[str, str, str]] = {
 # What the Helm chart's ClusterRole grants, and all this source needs.
 REQUIRED_RULES = "get/list/watch on pods, services, nodes, replicasets.apps, jobs.batch"
 PAGE_SIZE = 5000
+RECONNECT_CAP_S = 2.0  # retry an unreachable API server at least this often, whatever the outage
 OWNER_WAIT_S = 30.0  # pods wait this long for ReplicaSets/Jobs to sync, so owners resolve at once
 TERMINATED = ("Succeeded", "Failed")  # the kubelet released the pod's IP; it may be reused
 
@@ -221,6 +224,7 @@ class KubeSource:
         page_size: int = PAGE_SIZE,
         watch_timeout_s: tuple[int, int] = (240, 360),
         backoff_cap_s: float = 30.0,
+        reconnect_cap_s: float = RECONNECT_CAP_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         unknown = [k for k in kinds if k not in KINDS]
@@ -231,6 +235,7 @@ class KubeSource:
         self.page_size = page_size
         self.watch_timeout_s = watch_timeout_s
         self.backoff_cap_s = backoff_cap_s
+        self.reconnect_cap_s = reconnect_cap_s
         self._clock = clock
         self._states = {k: _KindState(k) for k in kinds}
         self._stop = threading.Event()
@@ -330,6 +335,10 @@ class KubeSource:
     def _loop(self, kind: str) -> None:
         state = self._states[kind]
         backoff = Backoff(cap=self.backoff_cap_s, rng=self._rng)
+        # The API server unreachable (down, restarting, network): retry within seconds, however
+        # long the outage, so the names are right again soon after it ends.  Errors the server
+        # answers (403, 5xx) back off to backoff_cap_s.
+        unreachable = Backoff(cap=self.reconnect_cap_s, rng=self._rng)
         need_list = True
         unreachable_since: float | None = None
         last_log = 0.0
@@ -340,6 +349,8 @@ class KubeSource:
                         self._wait_owners()
                     self._list(state)
                     need_list = False
+                    backoff.reset()
+                    unreachable.reset()
                     if not state.synced:
                         state.synced = True
                         self._synced[kind].set()
@@ -353,6 +364,7 @@ class KubeSource:
                 state.error = None
                 if time.monotonic() - began > 1.0 or state.reconnecting:
                     backoff.reset()
+                    unreachable.reset()
                     continue
                 # The server closed the watch at once (e.g. shutting down): don't spin on it.
                 delay = backoff.next()
@@ -394,11 +406,17 @@ class KubeSource:
                     continue  # our own reconnect() cut the stream: resume at once
                 state.errors += 1
                 state.error = f"unreachable: {_brief(exc)}"
-                delay = backoff.next()
+                # Whatever changed meanwhile (pods deleted and their IPs reused) is in a fresh list:
+                # re-list as soon as the server answers, rather than trust a watch resumed from
+                # before the outage.
+                if not need_list:
+                    state.relists += 1
+                    need_list = True
+                delay = unreachable.next()
                 now = time.monotonic()
                 if unreachable_since is None:
                     unreachable_since = now
-                if now - last_log > 30 or backoff.failures == 1:
+                if now - last_log > 30 or unreachable.failures == 1:
                     _log.warning(
                         "kube_unreachable",
                         kind=kind,
