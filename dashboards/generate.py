@@ -725,10 +725,133 @@ def agent_health() -> Json:
     )
 
 
+# --- 4. TLS ------------------------------------------------------------------------------------
+
+
+def _table(title: str, expr: str, unit: str, desc: str, rename: dict[str, str]) -> Json:
+    return {
+        "type": "table",
+        "title": title,
+        "description": desc,
+        "datasource": DS,
+        "targets": [target(expr, instant=True, table=True)],
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "options": {"showHeader": True, "sortBy": [{"displayName": "Value", "desc": False}]},
+        "transformations": [
+            {
+                "id": "organize",
+                "options": {"excludeByName": {"Time": True}, "renameByName": rename},
+            }
+        ],
+    }
+
+
+def tls() -> Json:
+    ns = '{client_namespace=~"$namespace"}'
+    sns = '{server_namespace=~"$namespace"}'
+    hs = "podwire_tls_handshakes_total"
+    days_left = (
+        "(max by (server_namespace, server_workload, tls_server_name) "
+        f"(podwire_tls_certificate_not_after_seconds{sns}) - time()) / 86400"
+    )
+    header = [
+        sized(stat("TLS handshakes/s", f"sum(rate({hs}{ns}[{RATE}]))", "cps"), 6, 4),
+        sized(
+            stat(
+                "Deprecated TLS handshakes/s",
+                f"sum(rate(podwire_tls_deprecated_handshakes_total{ns}[{RATE}])) or vector(0)",
+                "cps",
+                desc="Handshakes that chose SSL 3.0, TLS 1.0 or TLS 1.1.",
+                thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 0.000001}],
+            ),
+            6,
+            4,
+        ),
+        sized(
+            stat(
+                "Certificates expiring within 14 days",
+                f"count(({days_left}) < 14) or vector(0)",
+                "none",
+                thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 1}],
+            ),
+            6,
+            4,
+        ),
+        sized(
+            stat("Soonest certificate expiry", f"min({days_left})", "d"),
+            6,
+            4,
+        ),
+    ]
+    panels = [
+        *header,
+        row("Versions and ciphers"),
+        timeseries(
+            "Handshakes/s by version",
+            [target(f"sum by (tls_version) (rate({hs}{ns}[{RATE}]))", "{{tls_version}}")],
+            "cps",
+            stack=True,
+        ),
+        timeseries(
+            "Handshakes/s by cipher",
+            [target(f"sum by (tls_cipher) (rate({hs}{ns}[{RATE}]))", "{{tls_cipher}}")],
+            "cps",
+            stack=True,
+        ),
+        row("Who talks TLS to whom"),
+        sized(
+            _table(
+                "Handshakes by client, server, SNI, version and cipher",
+                f"sum by ({EDGE}, tls_server_name, tls_version, tls_cipher) (increase({hs}{ns}[$__range]))",
+                "none",
+                "Handshakes over the time range.  tls_server_name is the SNI (empty: the client sent none).",
+                {
+                    "client_namespace": "client ns",
+                    "client_workload": "client",
+                    "server_namespace": "server ns",
+                    "server_workload": "server",
+                    "tls_server_name": "SNI",
+                    "tls_version": "version",
+                    "tls_cipher": "cipher",
+                    "Value": "handshakes",
+                },
+            ),
+            24,
+            10,
+        ),
+        sized(
+            _table(
+                "Days to certificate expiry",
+                days_left,
+                "d",
+                "Leaf certificate notAfter minus now, per server name (TLS <= 1.2 handshakes show "
+                "the certificate; TLS 1.3 encrypts it).",
+                {
+                    "server_namespace": "server ns",
+                    "server_workload": "server",
+                    "tls_server_name": "server name",
+                    "Value": "days left",
+                },
+            ),
+            24,
+            8,
+        ),
+    ]
+    return dashboard(
+        "podwire-tls",
+        "podwire / TLS",
+        "Who talks TLS to whom, with which versions and ciphers, and when the certificates expire "
+        "(from clear-text handshakes; nothing is decrypted).",
+        panels,
+        [namespace_var()],
+    )
+
+
 DASHBOARDS = {
     "podwire-service-map.json": service_map,
     "podwire-workload-traffic.json": workload_traffic,
     "podwire-agent-health.json": agent_health,
+    "podwire-tls.json": tls,
 }
 
 

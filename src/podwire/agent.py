@@ -387,6 +387,7 @@ class NodeCapture:
             tracker_evictions=sum(trk.evictions.values()),
             tracker_anomalies=dict(trk.anomalies),
             service_backends=self.backends.counts() if self.backends is not None else {},
+            tls_errors=self.pipeline.tls.stats.failures() if self.pipeline.tls is not None else {},
         )
 
     def deliver_stats(self, stats: StatsRound) -> None:

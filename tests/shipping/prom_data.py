@@ -26,6 +26,7 @@ AGENTS = ("10.0.0.1:9477", "10.0.0.2:9477")
 AGENT_EXTRA_LABELS = {
     "podwire_agent_tracker_anomalies_total": {"kind": "out_of_window"},
     "podwire_agent_export_failures_total": {"signal": "metrics"},
+    "podwire_agent_tls_errors_total": {"reason": "malformed"},
     "podwire_agent_export_dropped_total": {"signal": "traces", "reason": "queue_full"},
 }
 
@@ -136,6 +137,39 @@ def openmetrics(start_s: int, minutes: int) -> str:
             add(fam, "histogram", fam + "_bucket", {**labels, "le": le}, per)
         add(fam, "histogram", fam + "_sum", labels, per * 0.001)
         add(fam, "histogram", fam + "_count", labels, per)
+
+    # TLS: frontend -> cart speaks TLS 1.3; prober -> cart still TLS 1.0; cart's certificate
+    # expires in 10 days (the expiry alert's case), catalog's in a year.
+    for e, version, cipher, sni in (
+        (EDGES[0], "TLS 1.3", "TLS_AES_128_GCM_SHA256", "cart.shop.svc"),
+        (EDGES[2], "TLS 1.0", "TLS_RSA_WITH_AES_128_CBC_SHA", "cart.shop.svc"),
+        (EDGES[1], "TLS 1.2", "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384", "catalog.shop.svc"),
+    ):
+        cns, cwl, _, sns, swl, _, _, rate, _, _ = e
+        ends = {
+            "client_namespace": cns,
+            "client_workload": cwl,
+            "server_namespace": sns,
+            "server_workload": swl,
+        }
+        tls = {"tls_server_name": sni, "tls_version": version, "tls_cipher": cipher}
+        add("podwire_tls_handshakes", "counter", "podwire_tls_handshakes_total", {**ends, **tls}, rate)
+        if version == "TLS 1.0":
+            add(
+                "podwire_tls_deprecated_handshakes",
+                "counter",
+                "podwire_tls_deprecated_handshakes_total",
+                {**ends, "tls_version": version},
+                rate,
+            )
+        days = 10 if swl == "cart" else 365
+        add(
+            "podwire_tls_certificate_not_after_seconds",
+            "gauge",
+            "podwire_tls_certificate_not_after_seconds",
+            {"server_namespace": sns, "server_workload": swl, "tls_server_name": sni},
+            start_s + days * 86400.0,
+        )
 
     for name in sorted(contract.series):
         if not name.startswith("podwire_agent_"):

@@ -75,6 +75,8 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
         "PodwireAgentKernelDrops",
         "PodwireAgentDown",
         "PodwireAgentAbsent",
+        "PodwireTlsCertificateExpiringSoon",
+        "PodwireTlsDeprecatedVersion",
     }
     assert names - firing == set(), "alerts with no firing test"
     assert names - quiet == set(), "alerts with no not-firing test"

@@ -18,12 +18,26 @@ from tests.shipping.dashboard_queries import panels as _panels
 from tests.shipping.promql_names import load_contract, problems, substitute_grafana, uses
 
 
-def test_three_dashboards_exist() -> None:
+def test_four_dashboards_exist() -> None:
     assert [f.name for f in FILES] == [
         "podwire-agent-health.json",
         "podwire-service-map.json",
+        "podwire-tls.json",
         "podwire-workload-traffic.json",
     ]
+
+
+def test_tls_dashboard_covers_who_to_whom_versions_ciphers_and_days_to_expiry() -> None:
+    path = DASHBOARDS / "podwire-tls.json"
+    assert _metrics_of(path) >= {
+        "podwire_tls_handshakes_total",
+        "podwire_tls_deprecated_handshakes_total",
+        "podwire_tls_certificate_not_after_seconds",
+    }
+    exprs = " ".join(expr for _, expr in dashboard_queries(_load(path)))
+    for label in ("tls_version", "tls_cipher", "tls_server_name", "client_workload", "server_workload"):
+        assert f"{label}" in exprs
+    assert "/ 86400" in exprs and "time()" in exprs
 
 
 def test_generated_dashboards_and_chart_copies_are_current() -> None:

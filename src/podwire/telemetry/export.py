@@ -85,6 +85,7 @@ from podwire.telemetry.metrics import (
 )
 from podwire.telemetry.spanmetrics import SpanMetricsSink
 from podwire.telemetry.spans import SpanSink
+from podwire.telemetry.tlsmetrics import TlsMetricsSink
 
 _log = log.get("podwire.telemetry")
 
@@ -498,7 +499,11 @@ class Telemetry:
 
         self.metrics = MetricsSink.from_settings(settings)
         self.span_metrics = SpanMetricsSink.from_settings(settings)
-        producer = MetricsProducer(self.scope, [self.metrics, self.span_metrics])
+        self.tls_metrics = TlsMetricsSink(settings.max_series) if settings.tls else None
+        producer = MetricsProducer(
+            self.scope,
+            [self.metrics, self.span_metrics] + ([self.tls_metrics] if self.tls_metrics is not None else []),
+        )
         self.registry = CollectorRegistry(auto_describe=True)
         self._scrape_lock = threading.Lock()
         readers: list[MetricReader] = [_PrometheusReader(producer, self.registry)]
@@ -544,8 +549,12 @@ class Telemetry:
 
     @property
     def sinks(self) -> tuple[Sink, ...]:
-        base: tuple[Sink, ...] = (self.metrics, self.span_metrics)
-        return base if self.spans is None else (*base, self.spans)
+        sinks: list[Sink] = [self.metrics, self.span_metrics]
+        if self.tls_metrics is not None:
+            sinks.append(self.tls_metrics)
+        if self.spans is not None:
+            sinks.append(self.spans)
+        return tuple(sinks)
 
     def add_source(self, source: Any) -> None:
         """Register a `() -> AgentSnapshot` callback for the self-metrics."""

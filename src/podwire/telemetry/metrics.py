@@ -289,6 +289,7 @@ class AgentSnapshot:
         default_factory=dict
     )  # reason -> connections closed by the listener
     service_backends: Mapping[str, int] = field(default_factory=dict)  # result -> Service lookups
+    tls_errors: Mapping[str, int] = field(default_factory=dict)  # reason -> handshakes (tls/ assembler)
 
 
 class ExportCounters:
@@ -448,6 +449,12 @@ class SelfMetrics:
             n.UNIT_CONNECTIONS,
             "Connections to a Service address, by whether conntrack named its backend",
             self._by(lambda s: s.service_backends, n.RESULT),
+        )
+        counter(
+            n.AGENT_TLS_ERRORS,
+            n.UNIT_ERRORS,
+            "TLS handshakes not parsed or given up, by reason",
+            self._by(lambda s: s.tls_errors, n.REASON, n.TLS_ERROR_REASONS),
         )
         counter(n.AGENT_EXPORT_FAILURES, n.UNIT_EVENTS, "Failed export calls", self._failures)
         counter(n.AGENT_EXPORT_DROPPED, n.UNIT_ITEMS, "Spans not delivered", self._dropped)
@@ -905,7 +912,8 @@ def _merge_hists(points: list[HistogramDataPoint]) -> list[HistogramDataPoint]:
 
 
 class PointSource(Protocol):
-    """A sink that hands ready cumulative points to the readers (MetricsSink, SpanMetricsSink)."""
+    """A sink that hands ready cumulative points to the readers (MetricsSink, SpanMetricsSink,
+    tlsmetrics.TlsMetricsSink)."""
 
     def produce(self) -> list[Metric]: ...
 

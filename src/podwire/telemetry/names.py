@@ -30,6 +30,20 @@ TCP_RETRANSMITS: Final = "podwire.tcp.retransmits"  # podwire_tcp_retransmits_to
 # podwire_tcp_connections_retransmitting_total: connections that retransmitted at least once
 TCP_CONNECTIONS_RETRANSMITTING: Final = "podwire.tcp.connections.retransmitting"
 
+# --- TLS instruments (from clear-text handshakes) -------------------------------------
+# Edge labels client_workload, client_namespace, server_workload, server_namespace (no kinds, no port), plus:
+# podwire_tls_handshakes_total{tls_server_name,tls_version,tls_cipher}
+TLS_HANDSHAKES: Final = "podwire.tls.handshakes"
+# podwire_tls_deprecated_handshakes_total{tls_version}: SSL 3.0, TLS 1.0, TLS 1.1 chosen
+TLS_DEPRECATED_HANDSHAKES: Final = "podwire.tls.deprecated.handshakes"
+# podwire_tls_certificate_not_after_seconds{tls_server_name}: unix s; server_workload, server_namespace
+TLS_CERTIFICATE_NOT_AFTER: Final = "podwire.tls.certificate.not_after"
+# TLS metric attributes (Prometheus: tls_server_name, tls_version, tls_cipher)
+TLS_ATTR_SERVER_NAME: Final = "tls.server_name"  # SNI; for the certificate gauge the SNI, else its first SAN
+TLS_ATTR_VERSION: Final = "tls.version"  # "TLS 1.2", as Wireshark writes it
+TLS_ATTR_CIPHER: Final = "tls.cipher"  # IANA name
+TLS_NONE: Final = ""  # no SNI / not visible
+
 # --- Tempo service-graph series (names exactly as Tempo's processor writes them) ----
 SG_REQUEST: Final = "traces_service_graph_request"  # traces_service_graph_request_total
 SG_REQUEST_FAILED: Final = "traces_service_graph_request_failed"  # traces_service_graph_request_failed_total
@@ -65,6 +79,17 @@ AGENT_EXPORT_FAILURES: Final = "podwire.agent.export.failures"  # podwire_agent_
 AGENT_EXPORT_DROPPED: Final = "podwire.agent.export.dropped"
 # socket stats: podwire_agent_sockstats_dumps_total, ..._dump_duration_seconds_total (wall time),
 # ..._sockets (seen in the last round), ..._pods_skipped_total{reason}, ..._dropped_total
+# podwire_agent_tls_errors_total{reason}: handshakes not parsed or given up
+AGENT_TLS_ERRORS: Final = "podwire.agent.tls.errors"
+TLS_ERROR_REASONS: Final = (
+    "malformed",
+    "truncated",
+    "oversize",
+    "certificate",
+    "gap",
+    "not_handshake",
+    "evicted",
+)
 AGENT_SOCKSTATS_DUMPS: Final = "podwire.agent.sockstats.dumps"
 AGENT_SOCKSTATS_DUMP_DURATION: Final = "podwire.agent.sockstats.dump.duration"
 AGENT_SOCKSTATS_SOCKETS: Final = "podwire.agent.sockstats.sockets"

@@ -98,6 +98,18 @@ class TlsStats:
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}
 
+    def failures(self) -> dict[str, int]:
+        """Handshakes not parsed or given up, by reason (the agent's tls.errors self-metric)."""
+        return {
+            "malformed": self.malformed,
+            "truncated": self.truncated,
+            "oversize": self.oversize,
+            "certificate": self.certificate_errors,
+            "gap": self.gap,
+            "not_handshake": self.not_handshake,
+            "evicted": self.evicted,
+        }
+
 
 class _Direction:
     __slots__ = ("done", "messages", "next_seq", "records")
