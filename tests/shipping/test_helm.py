@@ -109,6 +109,7 @@ def test_default_render_has_the_agent_objects(default_objects: list[dict]) -> No
     assert kinds == [
         "ClusterRole",
         "ClusterRoleBinding",
+        "ConfigMap",  # one per dashboard (four)
         "ConfigMap",
         "ConfigMap",
         "ConfigMap",
