@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
 from podwire.config import Settings
@@ -26,7 +27,7 @@ OFFER_ONLY = TlsInfo(server_name="x.test")  # ClientHello seen, no ServerHello: 
 
 
 def conn(tls: TlsInfo | None, side: Side | None = Side.CLIENT, client=None, server=None) -> NamedConnection:  # type: ignore[no-untyped-def]
-    rec = dataclasses.replace(record(side=side), tls=tls)
+    rec = msgspec.structs.replace(record(side=side), tls=tls)
     return NamedConnection(rec, client or pod("frontend"), server or pod("api"))
 
 
