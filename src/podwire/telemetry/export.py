@@ -81,6 +81,7 @@ from podwire.telemetry.metrics import (
     ExportCounters,
     MetricsProducer,
     MetricsSink,
+    PointSource,
     SelfMetrics,
 )
 from podwire.telemetry.spanmetrics import SpanMetricsSink
@@ -500,10 +501,10 @@ class Telemetry:
         self.metrics = MetricsSink.from_settings(settings)
         self.span_metrics = SpanMetricsSink.from_settings(settings)
         self.tls_metrics = TlsMetricsSink(settings.max_series) if settings.tls else None
-        producer = MetricsProducer(
-            self.scope,
-            [self.metrics, self.span_metrics] + ([self.tls_metrics] if self.tls_metrics is not None else []),
-        )
+        sources: list[PointSource] = [self.metrics, self.span_metrics]
+        if self.tls_metrics is not None:
+            sources.append(self.tls_metrics)
+        producer = MetricsProducer(self.scope, sources)
         self.registry = CollectorRegistry(auto_describe=True)
         self._scrape_lock = threading.Lock()
         readers: list[MetricReader] = [_PrometheusReader(producer, self.registry)]
