@@ -381,3 +381,89 @@ def test_helm_install_server_dry_run_prints_notes_with_next_steps(helm, api: Any
     assert "No OTLP endpoint is set" in notes and "otlp.endpoint=" in notes
     assert "prometheusRule.enabled=true" in notes
     assert "grafana_dashboard=1" in notes
+
+
+# --- listener security options (issue 14): loopback + kube-rbac-proxy, NetworkPolicy -----------
+
+PROXY = ("--set", "listener.mode=proxy", "--set", "listener.proxy.clientCaSecret=podwire-client-ca")
+NETPOL = (
+    "--set",
+    "listener.networkPolicy.enabled=true",
+    "--set",
+    "listener.networkPolicy.from[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring",
+)
+
+
+@pytest.fixture(scope="module")
+def proxy_objects(helm) -> list[dict[str, Any]]:
+    return _render(helm, *PROXY, *NETPOL)
+
+
+def test_default_install_grants_only_net_raw_and_serves_no_auth_layer(default_objects: list[dict]) -> None:
+    pod = _one(default_objects, "DaemonSet")["spec"]["template"]["spec"]
+    (agent,) = pod["containers"]
+    assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_RAW"]}
+    assert pod["hostPID"] is False
+    kinds = {o["kind"] for o in default_objects}
+    assert "NetworkPolicy" not in kinds
+    assert [o["metadata"]["name"] for o in default_objects if o["kind"] == "ClusterRole"] == ["pw-podwire"]
+
+
+def test_proxy_mode_puts_the_agent_on_loopback_behind_kube_rbac_proxy(
+    helm, proxy_objects: list[dict]
+) -> None:
+    assert "1 chart(s) linted, 0 chart(s) failed" in helm("lint", CHART, "--strict", *PROXY, *NETPOL).stdout
+    pod = _one(proxy_objects, "DaemonSet")["spec"]["template"]["spec"]
+    agent, proxy = pod["containers"]
+    env = {e["name"]: e.get("value") for e in agent["env"]}
+    assert env["PODWIRE_LISTEN"] == "127.0.0.1:9479"
+    assert podwire_config.load(env={"PODWIRE_LISTEN": env["PODWIRE_LISTEN"]}).listen == ("127.0.0.1", 9479)
+    assert "ports" not in agent  # nothing of the agent's is reachable from outside the host
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert agent[probe]["httpGet"]["host"] == "127.0.0.1" and agent[probe]["httpGet"]["port"] == 9479
+    assert agent["securityContext"]["capabilities"]["add"] == ["NET_RAW"]  # the proxy adds none
+    assert proxy["name"] == "kube-rbac-proxy"
+    assert proxy["args"] == [
+        "--secure-listen-address=$(POD_IP):9477",
+        "--upstream=http://127.0.0.1:9479/",
+        "--client-ca-file=/etc/kube-rbac-proxy/ca.crt",
+    ]
+    assert proxy["ports"] == [{"name": "https", "containerPort": 9477, "protocol": "TCP"}]
+    sc = proxy["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["client-ca"]["secret"]["secretName"] == "podwire-client-ca"
+    svc = _one(proxy_objects, "Service")
+    assert svc["spec"]["ports"] == [{"name": "https", "port": 9477, "targetPort": "https", "protocol": "TCP"}]
+    roles = {o["metadata"]["name"]: o for o in proxy_objects if o["kind"] == "ClusterRole"}
+    assert roles["pw-podwire-proxy"]["rules"] == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+    ]
+    assert roles["pw-podwire-reader"]["rules"][0]["verbs"] == ["get"]
+    assert roles["pw-podwire"]["rules"] == READ_ONLY_RULES  # the agent's own role is unchanged
+
+
+def test_network_policy_admits_only_the_listed_peers_to_the_listener(proxy_objects: list[dict]) -> None:
+    policy = _one(proxy_objects, "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert (
+        policy["spec"]["podSelector"]["matchLabels"]
+        == (_one(proxy_objects, "DaemonSet")["spec"]["selector"]["matchLabels"])
+    )
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 9477, "protocol": "TCP"}]
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+
+
+def test_proxy_and_network_policy_objects_pass_server_side_dry_run(
+    api: Any, proxy_objects: list[dict]
+) -> None:
+    done = _apply(api, proxy_objects, dry_run=True)
+    assert "NetworkPolicy/pw-podwire" in done
+    assert {"ClusterRole/pw-podwire-proxy", "ClusterRole/pw-podwire-reader", "DaemonSet/pw-podwire"} <= set(
+        done
+    )
