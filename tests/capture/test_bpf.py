@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR
@@ -14,6 +15,7 @@ from scapy.packet import Packet, raw
 from podwire.capture.bpf import (
     SNAPLEN_CONTROL,
     SNAPLEN_DNS,
+    BpfError,
     FilterOptions,
     compile_program,
     expression,
@@ -141,3 +143,22 @@ def test_raw_ip_program_matches_tcpdump_and_has_no_vlan_part() -> None:
     assert run(prog.instructions, raw(V4 / tcp("S"))) == SNAPLEN_CONTROL
     assert run(prog.instructions, raw(V6 / tcp("R"))) == SNAPLEN_CONTROL
     assert run(prog.instructions, raw(V4 / tcp("A"))) == 0
+
+
+def test_compiling_leaves_scapy_out_of_the_agent_process() -> None:
+    # scapy is ~40 MB resident; the compiler runs in a child that exits (the program is the same:
+    # the tcpdump comparisons above go through compile_program too)
+    code = (
+        "import sys\n"
+        "from podwire.capture.bpf import FilterOptions, compile_program\n"
+        "prog = compile_program(FilterOptions(dns_answers=True))\n"
+        "assert prog.instructions and prog.instructions[-1][0] == 6\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'scapy'], 'scapy imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_a_filter_libpcap_refuses_is_one_bpf_error_line() -> None:
+    with pytest.raises(BpfError) as info:
+        compile_program(FilterOptions(extra_parts=("tcp[999999999999]",)))
+    assert "\n" not in str(info.value) and "cannot compile the capture filter" in str(info.value)

@@ -12,14 +12,20 @@ TCP flags byte at 13).  TCP behind IPv6 extension headers is rare and is not pas
 decoder would handle it if it were.
 
 The expression is compiled once, at construction, by libpcap through scapy's `compile_filter`
-(Debian's libpcap0.8).  The accept value (how many bytes the kernel copies) is replaced by our
+(Debian's libpcap0.8), in a short-lived child interpreter (`python -m podwire.capture.bpfc`, no
+shell): scapy costs ~40 MB of resident memory that the agent would otherwise keep for its whole
+life to use once.  The child prints the instructions; the result is cached per expression and
+link type.  The accept value (how many bytes the kernel copies) is replaced by our
 snap length: headers are all we read, and a GSO'd FIN can otherwise copy 64 KiB into the ring.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import struct
+import subprocess
+import sys
 from dataclasses import dataclass
 
 _TCP4_CONTROL = "(ip and tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) != 0)"
@@ -96,20 +102,39 @@ def compile_program(
     if snaplen is None:
         snaplen = SNAPLEN_DNS if options.dns_answers else SNAPLEN_CONTROL
     text = expression(options, vlan=linktype == LINKTYPE_ETHERNET)
-    try:
-        from scapy.arch.common import compile_filter
-        from scapy.error import Scapy_Exception
-    except ImportError as exc:  # pragma: no cover - scapy is a hard dependency
-        raise BpfError(f"cannot compile the capture filter: {exc}") from exc
-    try:
-        prog = compile_filter(text, linktype=linktype)
-    except (Scapy_Exception, ImportError, OSError) as exc:
-        raise BpfError(f"cannot compile the capture filter (is libpcap0.8 installed?): {exc}") from exc
-    insns: list[tuple[int, int, int, int]] = []
-    for i in range(prog.bf_len):
-        ins = prog.bf_insns[i]
-        code, jt, jf, k = int(ins.code), int(ins.jt), int(ins.jf), int(ins.k)
-        if code == BPF_RET_K and k != 0:
-            k = snaplen
-        insns.append((code, jt, jf, k))
+    insns = [
+        (code, jt, jf, snaplen if code == BPF_RET_K and k != 0 else k)
+        for code, jt, jf, k in _compiled(text, linktype)
+    ]
     return BpfProgram(text, tuple(insns), snaplen)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(text: str, linktype: int) -> tuple[tuple[int, int, int, int], ...]:
+    """libpcap's program for `text`, compiled in a child interpreter (see the module doc)."""
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "podwire.capture.bpfc", str(linktype)],
+            input=text,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BpfError(f"cannot compile the capture filter: {exc}") from None
+    if out.returncode != 0:
+        problem = (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]
+        raise BpfError(f"cannot compile the capture filter (is libpcap0.8 installed?): {problem}")
+    try:
+        insns = tuple(_instruction(line) for line in out.stdout.splitlines())
+    except ValueError:
+        raise BpfError("cannot compile the capture filter: the compiler's output is not a program") from None
+    if not insns:
+        raise BpfError("cannot compile the capture filter: an empty program")
+    return insns
+
+
+def _instruction(line: str) -> tuple[int, int, int, int]:
+    code, jt, jf, k = (int(v) for v in line.split())
+    return code, jt, jf, k

@@ -40,10 +40,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
-from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import (
     Counter,
@@ -75,7 +71,6 @@ from podwire import log
 from podwire.config import Settings
 from podwire.model import Sink
 from podwire.telemetry import names as n
-from podwire.telemetry.encode import SpanEncoder
 from podwire.telemetry.metrics import (
     AgentSnapshot,
     ExportCounters,
@@ -359,37 +354,6 @@ class _PrometheusReader(PrometheusMetricReader):
 # --- span plumbing -------------------------------------------------------------------------------
 
 
-class _FastGrpcSpanExporter(GrpcSpanExporter):
-    """The SDK's gRPC exporter (channel, retries, headers, TLS) with encode.py's encoder."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._encoder = SpanEncoder()  # one per exporter: its cache is touched by one worker thread
-
-    def _translate_data(self, data: Sequence[ReadableSpan]) -> Any:
-        return self._encoder.request(data)
-
-
-class _FastHttpSpanExporter(HttpSpanExporter):
-    """The SDK's HTTP exporter with encode.py's encoder (falls back to the SDK's own path)."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._encoder = SpanEncoder()
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        client = getattr(self, "_client", None)
-        if client is None or getattr(self, "_shutdown", True) or not hasattr(client, "export"):
-            return super().export(spans)
-        try:
-            data = self._encoder.wire(spans)
-        except Exception:
-            _log.exception("span_encode_failed")
-            return SpanExportResult.FAILURE
-        result = client.export(data)
-        return SpanExportResult.SUCCESS if getattr(result, "success", False) else SpanExportResult.FAILURE
-
-
 class _CountingSpanExporter(SpanExporter):
     def __init__(self, inner: SpanExporter, counters: ExportCounters) -> None:
         self._inner = inner
@@ -562,6 +526,9 @@ class Telemetry:
         self.self_metrics.add_source(source)
 
     def _metric_exporter(self) -> MetricExporter:
+        # imported only when OTLP is on: the gRPC exporter alone is ~30 MB resident
+        from podwire.telemetry.otlp import GrpcMetricExporter, HttpMetricExporter
+
         o = self.otlp
         if o.metrics_protocol == GRPC:
             return GrpcMetricExporter(
@@ -580,16 +547,18 @@ class Telemetry:
         )
 
     def _span_exporter(self) -> SpanExporter:
+        from podwire.telemetry.otlp import FastGrpcSpanExporter, FastHttpSpanExporter
+
         o = self.otlp
         if o.traces_protocol == GRPC:
-            return _FastGrpcSpanExporter(
+            return FastGrpcSpanExporter(
                 endpoint=o.traces_endpoint,
                 insecure=_insecure(o.traces_endpoint, o.traces_insecure),
                 headers=o.headers,
                 timeout=o.timeout_s,
                 channel_options=GRPC_CHANNEL_OPTIONS,
             )
-        return _FastHttpSpanExporter(endpoint=o.traces_endpoint, headers=dict(o.headers), timeout=o.timeout_s)
+        return FastHttpSpanExporter(endpoint=o.traces_endpoint, headers=dict(o.headers), timeout=o.timeout_s)
 
     def metrics_text(self) -> bytes:
         """The Prometheus exposition (a collection runs now, on the caller's thread).

@@ -1,0 +1,55 @@
+"""The OTLP exporters (gRPC and HTTP), imported by export.py only when OTLP export is on.
+
+They pull in grpc and protobuf (~30 MB resident): an agent that only serves /metrics never loads
+them.  The span exporters are the SDK's (channel, retries, headers, TLS) with encode.py's encoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+from podwire import log
+from podwire.telemetry.encode import SpanEncoder
+
+__all__ = ["FastGrpcSpanExporter", "FastHttpSpanExporter", "GrpcMetricExporter", "HttpMetricExporter"]
+
+_log = log.get("podwire.telemetry")
+
+
+class FastGrpcSpanExporter(GrpcSpanExporter):
+    """The SDK's gRPC exporter (channel, retries, headers, TLS) with encode.py's encoder."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._encoder = SpanEncoder()  # one per exporter: its cache is touched by one worker thread
+
+    def _translate_data(self, data: Sequence[ReadableSpan]) -> Any:
+        return self._encoder.request(data)
+
+
+class FastHttpSpanExporter(HttpSpanExporter):
+    """The SDK's HTTP exporter with encode.py's encoder (falls back to the SDK's own path)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._encoder = SpanEncoder()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        client = getattr(self, "_client", None)
+        if client is None or getattr(self, "_shutdown", True) or not hasattr(client, "export"):
+            return super().export(spans)
+        try:
+            data = self._encoder.wire(spans)
+        except Exception:
+            _log.exception("span_encode_failed")
+            return SpanExportResult.FAILURE
+        result = client.export(data)
+        return SpanExportResult.SUCCESS if getattr(result, "success", False) else SpanExportResult.FAILURE
