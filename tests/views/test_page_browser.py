@@ -19,7 +19,7 @@ import pytest
 from tests.views.cdp import CHROMIUM, Browser
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-LABEL = "document.querySelector('#map [data-label-for=\"shop/frontend->svc:shop/api\"]')"
+LABEL = "document.querySelector('#map [data-label-for=\"shop/frontend->shop/api\"]')"
 ARTIFACTS = Path(os.environ.get("PODWIRE_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 
 pytestmark = [
@@ -42,8 +42,9 @@ def _graph(url: str) -> dict[str, object]:
         return json.load(r)  # type: ignore[no-any-return]
 
 
-def test_the_demo_page_draws_the_live_workload_graph_in_chromium() -> None:
+def test_the_demo_page_draws_the_live_workload_graph_in_chromium(tmp_path: Path) -> None:
     port = _free_port()
+    err = (tmp_path / "demo.stderr").open("w")
     demo = subprocess.Popen(
         [
             sys.executable,
@@ -57,7 +58,7 @@ def test_the_demo_page_draws_the_live_workload_graph_in_chromium() -> None:
             "300",
         ],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=err,
         text=True,
     )
     try:
@@ -67,11 +68,13 @@ def test_the_demo_page_draws_the_live_workload_graph_in_chromium() -> None:
             if "live service map at " in line:
                 url = line.split("live service map at ", 1)[1].strip()
                 break
-        assert url == f"http://127.0.0.1:{port}/"
+        assert url == f"http://127.0.0.1:{port}/", (
+            f"the demo printed no URL (exit {demo.poll()}): {(tmp_path / 'demo.stderr').read_text()[-2000:]}"
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             ids = {e["id"] for e in _graph(url)["edges"]}  # type: ignore[attr-defined]
-            if {"shop/frontend->svc:shop/api", "shop/api->shop/db"} <= ids:
+            if {"shop/frontend->shop/api", "shop/api->shop/db"} <= ids:
                 break
             time.sleep(1)
         with Browser(url + "?stats-type=connection") as page:
@@ -83,7 +86,7 @@ def test_the_demo_page_draws_the_live_workload_graph_in_chromium() -> None:
             )
             assert {"frontend", "api", "db", "loadgen"} <= set(titles)
             edges = page.evaluate("[...document.querySelectorAll('#map .edge')].map(e => e.dataset.id)")
-            assert "shop/frontend->svc:shop/api" in edges and "shop/api->shop/db" in edges
+            assert "shop/frontend->shop/api" in edges and "shop/api->shop/db" in edges
             label = page.evaluate(
                 f"[...{LABEL}.querySelectorAll('text')].map(t => t.textContent).join(' | ')"
             )
@@ -105,7 +108,7 @@ def test_the_demo_page_draws_the_live_workload_graph_in_chromium() -> None:
 
             # click an edge: its recent connections are listed
             page.evaluate(
-                "document.querySelector('#map .edge[data-id=\"shop/frontend->svc:shop/api\"] path.hit')"
+                "document.querySelector('#map .edge[data-id=\"shop/frontend->shop/api\"] path.hit')"
                 ".dispatchEvent(new MouseEvent('click', {bubbles: true}))"
             )
             rows = page.wait_for(
@@ -123,3 +126,4 @@ def test_the_demo_page_draws_the_live_workload_graph_in_chromium() -> None:
         except subprocess.TimeoutExpired:
             demo.kill()
             demo.wait()
+        err.close()
