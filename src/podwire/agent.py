@@ -40,6 +40,7 @@ from podwire.model import (
     ServiceBackends,
     Sink,
     StatsRound,
+    TlsInfo,
 )
 from podwire.telemetry.metrics import AgentSnapshot
 from podwire.tracker.tracker import Tracker, TrackerLimits
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from podwire.sockstats.conntrack import ConntrackBackends
     from podwire.sockstats.sampler import Sampler
     from podwire.tls.assembler import TlsAssembler
+    from podwire.tls.prober import CertificateProber
 
 _log = log.get("podwire.agent")
 
@@ -92,9 +94,11 @@ class Pipeline:
         learn_dns: Callable[[Sequence[DnsAnswer]], None] | None = None,
         tls: TlsAssembler | None = None,
         backends: ServiceBackends | None = None,
+        prober: CertificateProber | None = None,
     ) -> None:
         self.tracker = tracker
         self.tls = tls  # joins handshake facts to records (None: TLS insight off)
+        self.prober = prober  # TLS 1.3 certificates fetched by the agent (None: off, the default)
         self._resolve = resolver.resolve
         self._backends = backends
         self._via: dict[tuple[Identity, str], Identity] = {}
@@ -134,8 +138,11 @@ class Pipeline:
 
     def _dispatch(self, events: Sequence[ConnectionEvent]) -> None:
         name = self._name
-        tls = self.tls
+        tls, prober = self.tls, self.prober
         for event in events:
+            if prober is not None and prober.owns(event.client.address, event.client.port):
+                prober.own_dropped += 1  # the prober's own connection: not workload traffic
+                continue
             if isinstance(event, ConnectionOpened):
                 client, server = name(event.client, event.server, event.client_isn, event.start_time)
                 for on_opened in self._on_opened:
@@ -150,6 +157,12 @@ class Pipeline:
             if tls is not None:
                 info = tls.take(event)
                 if info is not None:
+                    if (
+                        prober is not None
+                        and info.version == "TLS 1.3"
+                        and info.certificate_not_after is None
+                    ):
+                        info = with_probed_certificate(prober, event.server, info)
                     event = msgspec.structs.replace(event, tls=info)
             # who held each address when the connection started (as identity.name_connection)
             at = event.start_time if event.start_time is not None else event.end_time
@@ -249,6 +262,37 @@ def replay(settings: Settings, path: str, fmt: str, out: TextIO) -> int:
         stats={k: getattr(source.stats, k) for k in source.stats.__slots__},
     )
     return 0
+
+
+def with_probed_certificate(prober: CertificateProber, server: Endpoint, info: TlsInfo) -> TlsInfo:
+    """A TLS 1.3 record's certificate fields from the prober's cache (a probe is scheduled on a miss)."""
+    facts = prober.lookup(server.address, server.port, info.server_name)
+    if facts is None:
+        return info
+    return dataclasses.replace(
+        info,
+        certificate_not_before=facts.not_before,
+        certificate_not_after=facts.not_after,
+        certificate_subject=facts.subject,
+        certificate_issuer=facts.issuer,
+        certificate_sans=facts.sans,
+    )
+
+
+def certificate_prober(settings: Settings) -> CertificateProber | None:
+    """The TLS 1.3 certificate prober when PODWIRE_TLS_PROBE is on (it dials from `settings.netns`)."""
+    if not (settings.tls and settings.tls_probe):
+        return None
+    from podwire.tls.prober import CertificateProber, ProberLimits
+
+    return CertificateProber(
+        ProberLimits(
+            concurrency=settings.tls_probe_concurrency,
+            timeout_s=settings.tls_probe_timeout_s,
+            ttl_s=settings.tls_probe_ttl_s,
+        ),
+        namespace=settings.netns,
+    )
 
 
 def tls_assembler(settings: Settings) -> TlsAssembler | None:
@@ -356,8 +400,15 @@ class NodeCapture:
             from podwire.sockstats.conntrack import ConntrackBackends
 
             self.backends = ConntrackBackends(settings.netns)
+        self.prober = certificate_prober(settings)
         self.pipeline = Pipeline(
-            self.tracker, resolver, sinks, resolver.learn_dns, tls_assembler(settings), self.backends
+            self.tracker,
+            resolver,
+            sinks,
+            resolver.learn_dns,
+            tls_assembler(settings),
+            self.backends,
+            self.prober,
         )
         self.failed: str | None = None
         self._stop = threading.Event()
@@ -388,6 +439,7 @@ class NodeCapture:
             tracker_anomalies=dict(trk.anomalies),
             service_backends=self.backends.counts() if self.backends is not None else {},
             tls_errors=self.pipeline.tls.stats.failures() if self.pipeline.tls is not None else {},
+            tls_probe_failures=dict(self.prober.failures) if self.prober is not None else {},
         )
 
     def deliver_stats(self, stats: StatsRound) -> None:
@@ -426,6 +478,8 @@ class NodeCapture:
         if self._thread.is_alive():
             self._thread.join(max(0.0, deadline - time.monotonic()))
         self.capture.close()
+        if self.prober is not None:
+            self.prober.close()
         if self.backends is not None:
             self.backends.close()
 

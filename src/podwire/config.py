@@ -283,6 +283,11 @@ class Settings:
     tls: bool = True
     tls_max_connections: int = 4096  # connections whose handshake is being reassembled
     tls_max_handshake_kib: int = 32  # per direction of one connection
+    # TLS 1.3 certificate prober (off: the agent never dials anyone by default)
+    tls_probe: bool = False
+    tls_probe_concurrency: int = 4
+    tls_probe_timeout_s: float = 3.0
+    tls_probe_ttl_s: float = 3600.0
     service_backends: bool = True  # name a Service's connections by the backend conntrack shows
     # telemetry
     otlp: str = "auto"  # auto (on when OTEL_EXPORTER_OTLP_ENDPOINT is set) | on | off
@@ -357,6 +362,10 @@ _FIELDS: dict[str, Callable[[str], Any]] = {
     "tls": _bool,
     "tls_max_connections": _int_in(1, 1_048_576),
     "tls_max_handshake_kib": _int_in(1, 1024),
+    "tls_probe": _bool,
+    "tls_probe_concurrency": _int_in(1, 64),
+    "tls_probe_timeout_s": _float_in(0.05, 60.0),
+    "tls_probe_ttl_s": _float_in(1.0, 604_800.0),
     "service_backends": _bool,
     "otlp": _choice("auto", "on", "off"),
     "spans": _bool,

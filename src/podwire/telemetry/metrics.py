@@ -290,6 +290,7 @@ class AgentSnapshot:
     )  # reason -> connections closed by the listener
     service_backends: Mapping[str, int] = field(default_factory=dict)  # result -> Service lookups
     tls_errors: Mapping[str, int] = field(default_factory=dict)  # reason -> handshakes (tls/ assembler)
+    tls_probe_failures: Mapping[str, int] = field(default_factory=dict)  # reason -> probes
 
 
 class ExportCounters:
@@ -455,6 +456,12 @@ class SelfMetrics:
             n.UNIT_ERRORS,
             "TLS handshakes not parsed or given up, by reason",
             self._by(lambda s: s.tls_errors, n.REASON, n.TLS_ERROR_REASONS),
+        )
+        counter(
+            n.AGENT_TLS_PROBE_FAILURES,
+            n.UNIT_ERRORS,
+            "TLS 1.3 certificate probes that failed, by reason",
+            self._by(lambda s: s.tls_probe_failures, n.REASON),
         )
         counter(n.AGENT_EXPORT_FAILURES, n.UNIT_EVENTS, "Failed export calls", self._failures)
         counter(n.AGENT_EXPORT_DROPPED, n.UNIT_ITEMS, "Spans not delivered", self._dropped)

@@ -81,6 +81,8 @@ AGENT_EXPORT_DROPPED: Final = "podwire.agent.export.dropped"
 # ..._sockets (seen in the last round), ..._pods_skipped_total{reason}, ..._dropped_total
 # podwire_agent_tls_errors_total{reason}: handshakes not parsed or given up
 AGENT_TLS_ERRORS: Final = "podwire.agent.tls.errors"
+# podwire_agent_tls_probe_failures_total{reason}: certificate probes that failed (PODWIRE_TLS_PROBE)
+AGENT_TLS_PROBE_FAILURES: Final = "podwire.agent.tls.probe.failures"
 TLS_ERROR_REASONS: Final = (
     "malformed",
     "truncated",
