@@ -145,11 +145,34 @@ def test_security_context_is_not_privileged_and_adds_only_needed_capabilities(
         assert sc["capabilities"]["add"] == ["NET_RAW"]
         assert pod["hostPID"] is False
         assert "priorityClassName" not in pod
-    else:  # serviceBackends on: ctnetlink needs NET_ADMIN; socketStats on: setns and /proc/<pid>/ns
-        # need SYS_ADMIN, SYS_PTRACE and the host PID namespace
+    else:  # serviceBackends on: ctnetlink needs NET_ADMIN; socketStats on with hostPID: setns and
+        # /proc/<pid>/ns need SYS_ADMIN, SYS_PTRACE and the host PID namespace
         assert sc["capabilities"]["add"] == ["NET_RAW", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"]
         assert pod["hostPID"] is True
         assert pod["priorityClassName"] == "system-node-critical"
+
+
+def test_socket_stats_alone_add_only_sys_admin_and_the_cni_netns_mount(helm) -> None:
+    objs = _render(helm, "--set", "socketStats.enabled=true")
+    pod = _one(objs, "DaemonSet")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["securityContext"]["capabilities"]["add"] == ["NET_RAW", "SYS_ADMIN"]
+    assert pod["hostPID"] is False  # namespaces come from CNI's /run/netns, not from processes
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == "netns"]
+    assert mount == {
+        "name": "netns",
+        "mountPath": "/run/netns",
+        "readOnly": True,
+        "mountPropagation": "HostToContainer",
+    }
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "netns"]
+    assert volume["hostPath"]["path"] == "/run/netns"
+    env = {k: e.get("value") for k, e in _agent_env(objs).items()}
+    assert (env["PODWIRE_SOCKSTATS"], env["PODWIRE_SOCKSTATS_INTERVAL_S"]) == ("true", "10")
+    assert env["PODWIRE_NETNS_DIR"] == "/run/netns"
+    # off by default: no mount either
+    default = _one(_render(helm), "DaemonSet")["spec"]["template"]["spec"]
+    assert all(v["name"] != "netns" for v in default["volumes"])
 
 
 def test_cluster_role_is_read_only_on_exactly_five_resources(full_objects: list[dict]) -> None:
@@ -174,6 +197,8 @@ def test_every_agent_setting_reaches_the_container_as_podwire_env(full_objects: 
     assert literal["PODWIRE_SPAN_SAMPLE_RATIO"] == "0.25"
     assert literal["PODWIRE_VETH_ONLY"] == "false"
     assert literal["PODWIRE_SERVICE_BACKENDS"] == "true"  # with NET_ADMIN (the capabilities test)
+    assert literal["PODWIRE_SOCKSTATS"] == "true"  # with SYS_ADMIN (the capabilities test)
+    assert literal["PODWIRE_SOCKSTATS_INTERVAL_S"] == "5"
     assert literal["PODWIRE_INVENTORY"] == "/etc/podwire/inventory.yaml"
     assert literal["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-agent.observability.svc:4317"
     assert env["OTEL_EXPORTER_OTLP_HEADERS"]["valueFrom"]["secretKeyRef"] == {

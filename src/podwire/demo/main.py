@@ -73,6 +73,9 @@ def run(settings: Settings, duration: float | None, tui: bool, otlp_endpoint: st
                 interface_include=cluster.host_veth_pattern,
                 # short enough that the demo's unanswered SYNs show up while it runs
                 syn_timeout_s=min(settings.syn_timeout_s, 5.0),
+                # live bytes, RTT and retransmits of open connections (the long-lived one to db)
+                sockstats=True,
+                sockstats_interval_s=min(settings.sockstats_interval_s, 2.0),
             )
             agent = Agent(
                 agent_settings, netns_list=[n.netns for n in cluster.nodes], extra_sinks=[edges], env=env

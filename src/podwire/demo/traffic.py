@@ -42,6 +42,7 @@ from podwire.demo.cluster import (
     Pod,
     PodSpec,
     ServiceSpec,
+    nft_in_netns,
 )
 
 _log = log.get("podwire.demo.traffic")
@@ -51,6 +52,7 @@ DB_PORT = 5432
 CLOSED_PORT = 9  # nothing listens there: connections are refused
 STATIC_SMALL = 512
 STATIC_LARGE = 256 * 1024
+LONG_LIVED_RATE = 256 * 1024  # bytes/s the long-lived connection uploads with its pings
 _LEDGER_KEEP = 10_000
 
 
@@ -84,6 +86,9 @@ class TrafficPlan:
     curl_rate_per_s: float = 4.0
     client_rate_per_s: float = 4.0
     long_lived_ping_s: float = 2.0
+    # nftables drops this share of data segments arriving at db (no netem on our kernels): socket
+    # stats then show retransmits and a longer RTT on the edges to db (0: no loss)
+    db_loss_percent: int = 3
 
     def start(self, cluster: Cluster, ready_timeout_s: float = 15.0) -> RunningTraffic:
         """Start servers, wait until they listen, then clients. A server that fails raises ClusterError."""
@@ -154,6 +159,8 @@ class RunningTraffic:
         if ext is not None:
             self._spawn("partner", ext.name, [*py, "api", "--port", str(API_PORT)])
         self._spawn("db", db, [*py, "db", "--port", str(DB_PORT)])
+        if plan.db_loss_percent:
+            nft_in_netns(db.netns, db_loss_rules(plan.db_loss_percent))
         self._spawn("api", api, [*py, "api", "--port", str(API_PORT), "--db", f"{db.ipv4}:{DB_PORT}"])
         conf = write_nginx_config(self.workdir / "nginx", upstream)
         self._spawn("nginx", frontend, ["nginx", "-p", str(conf.parent), "-c", str(conf), "-e", "stderr"])
@@ -287,6 +294,19 @@ class RunningTraffic:
         if self._reader is not None:
             self._reader.join(5)
         _log.info("traffic stopped", counts={f"{k}/{o}": n for (k, o), n in sorted(self.counts().items())})
+
+
+def db_loss_rules(percent: int) -> str:
+    """Random loss of data segments towards db (handshakes and closes pass: the counts stay exact
+    and the demo's timing too)."""
+    return (
+        "table inet podwire_demo_loss {\n"
+        "  chain input {\n"
+        "    type filter hook input priority 0;\n"
+        f"    tcp dport {DB_PORT} tcp flags & (fin | syn | rst) == 0 numgen random mod 100 < {percent} drop\n"
+        "  }\n"
+        "}\n"
+    )
 
 
 def _listening(port: int) -> bool:
@@ -555,9 +575,10 @@ class _Client:
                     local = (str(name[0]), int(name[1]))
                     sock.sendall(b"HOLD\n")
                     sent += 5
+                    ping = b"PING " + b"p" * int(LONG_LIVED_RATE * self.args.ping) + b"\n"
                     while not self.stop.wait(self.args.ping):
-                        sock.sendall(b"PING\n")
-                        sent += 5
+                        sock.sendall(ping)
+                        sent += len(ping)
                         reply = sock.recv(64)
                         if not reply:
                             raise ConnectionResetError("db closed the long-lived connection")

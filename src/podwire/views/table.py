@@ -13,9 +13,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from podwire.model import ConnectionOpened, Identity, IdentityKind, NamedConnection, Outcome, Side
+from podwire.model import (
+    ConnectionOpened,
+    ConnectionProgress,
+    Endpoint,
+    Identity,
+    IdentityKind,
+    NamedConnection,
+    Outcome,
+    Side,
+)
 
 MAX_EDGES = 500
+MAX_OPEN = 65_536  # open connections whose progress the table remembers
 
 
 def label(identity: Identity, address: str) -> str:
@@ -41,6 +51,8 @@ class EdgeRow:
     duration_max: float = 0.0
     updated: float = 0.0
     active: int = 0  # opened (SYN-ACK seen), not yet closed
+    rtt_s: float | None = None  # smoothed RTT at the latest socket-stats sample
+    retransmits: int = 0
 
     @property
     def total(self) -> int:
@@ -63,6 +75,8 @@ class EdgeTable:
         self._max = max_edges
         self.evicted = 0
         self.started = time.time()
+        # open connection -> [c2s, s2c, retransmits] already added from progress (socket stats)
+        self._reported: dict[tuple[int, Endpoint, Endpoint, int | None, int | None], list[int]] = {}
 
     def on_opened(self, event: ConnectionOpened, client: Identity, server: Identity) -> None:
         if not self._counts_opened(event.observed_side, client):
@@ -82,10 +96,37 @@ class EdgeTable:
         row.updated = time.time()
         return row
 
+    def on_progress(self, event: ConnectionProgress, client: Identity, server: Identity) -> None:
+        """Bytes while open (the close adds the rest), RTT, and each end's own retransmits."""
+        key = (label(client, event.client.address), label(server, event.server.address), event.server.port)
+        pkey = (event.point, event.client, event.server, event.client_isn, event.server_isn)
+        with self._lock:
+            row = self._row(key)
+            done = self._reported.get(pkey)
+            if done is None:
+                if len(self._reported) >= MAX_OPEN:
+                    del self._reported[next(iter(self._reported))]
+                done = self._reported[pkey] = [0, 0, 0]
+            if event.retransmits > done[2]:
+                row.retransmits += event.retransmits - done[2]
+                done[2] = event.retransmits
+            if not self._counts_opened(event.observed_side, client):
+                return
+            row.bytes_c2s += max(0, event.bytes_client_to_server - done[0])
+            row.bytes_s2c += max(0, event.bytes_server_to_client - done[1])
+            done[0] = max(done[0], event.bytes_client_to_server)
+            done[1] = max(done[1], event.bytes_server_to_client)
+            row.rtt_s = event.rtt_s
+
     def on_connection(self, conn: NamedConnection) -> None:
+        r = conn.record
+        done: list[int] | None = None
+        if self._reported:
+            with self._lock:
+                pkey = (r.point, r.client, r.server, r.client_isn, r.server_isn)
+                done = self._reported.pop(pkey, None)
         if not self._counts(conn):
             return
-        r = conn.record
         key = (label(conn.client, r.client.address), label(conn.server, r.server.address), r.server.port)
         with self._lock:
             row = self._row(key)
@@ -93,8 +134,10 @@ class EdgeTable:
                 row.active -= 1  # it was counted open at its SYN-ACK
             outcome = str(r.outcome)
             row.outcomes[outcome] = row.outcomes.get(outcome, 0) + 1
-            row.bytes_c2s += r.bytes_client_to_server or 0
-            row.bytes_s2c += r.bytes_server_to_client or 0
+            row.bytes_c2s += max(0, (r.bytes_client_to_server or 0) - (done[0] if done else 0))
+            row.bytes_s2c += max(0, (r.bytes_server_to_client or 0) - (done[1] if done else 0))
+            if r.retransmits and r.retransmits > (done[2] if done else 0):
+                row.retransmits += r.retransmits - (done[2] if done else 0)
             if r.duration_s is not None:
                 row.duration_sum += r.duration_s
                 row.duration_n += 1
@@ -121,6 +164,8 @@ COLUMNS = (
     "s->c bytes",
     "avg dur s",
     "max dur s",
+    "rtt ms",
+    "retx",
 )
 
 
@@ -140,6 +185,8 @@ def row_cells(row: EdgeRow) -> tuple[str, ...]:
         f"{row.bytes_s2c:,}",
         "-" if avg is None else f"{avg:.4f}",
         "-" if not row.duration_n else f"{row.duration_max:.4f}",
+        "-" if row.rtt_s is None else f"{row.rtt_s * 1000:.2f}",
+        str(row.retransmits),
     )
 
 
@@ -162,6 +209,7 @@ def write_plain(rows: list[EdgeRow], out: TextIO, now: float) -> None:
             f"t={now:.0f} edge {cells['client']} -> {cells['server']}:{cells['port']} "
             f"open={cells['open']} conns={cells['conns']} closed={cells['closed']} reset={cells['reset']} "
             f"refused={cells['refused']} timeout={cells['timeout']} "
-            f"bytes_c2s={row.bytes_c2s} bytes_s2c={row.bytes_s2c} avg_dur_s={cells['avg dur s']}\n"
+            f"bytes_c2s={row.bytes_c2s} bytes_s2c={row.bytes_s2c} avg_dur_s={cells['avg dur s']} "
+            f"rtt_ms={cells['rtt ms']} retransmits={row.retransmits}\n"
         )
     out.flush()
