@@ -208,3 +208,25 @@ def test_server_span_of_an_external_client_is_a_root_naming_the_client_as_peer(
         assert span.trace_id == span_ids(rec.client_isn or 0, rec.server_isn).trace_id.to_bytes(16, "big")
     finally:
         t.shutdown(3)
+
+
+def test_socket_stats_ride_on_the_span_only_when_sampled(receiver: OtlpReceiver) -> None:
+    import msgspec
+
+    t = agent(receiver, "node-a")
+    try:
+        web, db = pod("web"), pod("db")
+        sampled_rec = msgspec.structs.replace(
+            record(Outcome.CLOSED, Side.CLIENT, server_port=7001), rtt_s=0.02, min_rtt_s=0.019, retransmits=4
+        )
+        plain = record(Outcome.CLOSED, Side.CLIENT, server_port=7002)
+        for rec in (sampled_rec, plain):
+            t.spans.on_connection(named(rec, web, db))  # type: ignore[union-attr]
+        flush(t)
+        spans = receiver.wait_for(lambda: len(receiver.spans()) == 2 and receiver.spans())
+        by_port = {s.attributes["server.port"]: s.attributes for s in spans}
+        assert by_port[7001][n.SPAN_RTT] == 0.02 and by_port[7001][n.SPAN_MIN_RTT] == 0.019
+        assert by_port[7001][n.SPAN_RETRANSMITS] == 4
+        assert not {n.SPAN_RTT, n.SPAN_MIN_RTT, n.SPAN_RETRANSMITS} & set(by_port[7002])
+    finally:
+        t.shutdown(3)
