@@ -35,7 +35,7 @@ def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
     out = {}
     for fam in text_string_to_metric_families(text.decode()):
         for s in fam.samples:
-            if s.name.startswith("podwire_tls") or s.name == "podwire_agent_tls_errors_total":
+            if s.name.startswith(("podwire_tls", "podwire_agent_tls")):
                 out[
                     (
                         s.name,
@@ -88,3 +88,28 @@ def test_series_are_bounded_and_overflow_is_counted() -> None:
     assert sum(p.value for p in points) == 5
     assert len(metrics["podwire.tls.certificate.not_after"].data.data_points) == 2
     assert sink.dropped == 3 + 3
+
+
+def test_tls_self_metrics_sum_the_sources_with_every_reason_from_the_start() -> None:
+    from podwire.telemetry import names as n
+    from podwire.telemetry.metrics import AgentSnapshot
+
+    t = Telemetry(Settings(otlp="off", node_name="node-a"), {})
+    try:
+        t.add_source(lambda: AgentSnapshot(tls_errors={"malformed": 2, "gap": 1}))
+        t.add_source(lambda: AgentSnapshot(tls_errors={"malformed": 1}, tls_probe_failures={"timeout": 4}))
+        got = samples(t.metrics_text())
+    finally:
+        t.shutdown(2.0)
+    errors = {
+        dict(labels)["reason"]: v
+        for (name, labels), v in got.items()
+        if name == "podwire_agent_tls_errors_total"
+    }
+    assert errors == {**dict.fromkeys(n.TLS_ERROR_REASONS, 0.0), "malformed": 3.0, "gap": 1.0}
+    probes = {
+        dict(labels)["reason"]: v
+        for (name, labels), v in got.items()
+        if name == "podwire_agent_tls_probe_failures_total"
+    }
+    assert probes == {"timeout": 4.0}
