@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-shot set-up on a fresh Debian 12 machine (run as root):
 #   scripts/setup.sh          runtime: Debian packages + .venv with podwire   (enough for `podwire demo`)
-#   scripts/setup.sh --test   also test tools and the Go-built real peers (kube-apiserver, etcd, helm, otelcol),
+#   scripts/setup.sh --test   also test tools and the Go-built real peers (kube-apiserver, etcd, helm, otelcol, jaeger),
 #                             cached outside the clone in ${PODWIRE_PEERS_CACHE:-/var/cache/podwire-peers}
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +31,7 @@ if [ $want_test = 1 ]; then
   .venv/bin/python -m pip install -q -e '.[test]'
   bash tools/peers/build.sh
   [ -f tools/peers/build-otelcol.sh ] && bash tools/peers/build-otelcol.sh
+  bash tools/peers/build-jaeger.sh  # the real trace backend of tests/shipping/test_live_demo_jaeger.py
 else
   .venv/bin/python -m pip install -q -e .
 fi

@@ -54,3 +54,25 @@ def promtool() -> Path:
 @pytest.fixture(scope="session")
 def prometheus_bin() -> Path:
     return _tool("prometheus")
+
+
+BUILD_JAEGER = REPO / "tools" / "peers" / "build-jaeger.sh"
+
+
+@pytest.fixture(scope="session")
+def jaeger_bin() -> Path:
+    """Jaeger v1.76.0 (`cmd/jaeger`, the all-in-one) built from the Go module proxy, if missing.
+
+    With PODWIRE_SKIP_PEERS=1 nothing is built: a missing binary skips the test.
+    """
+    argv = [str(BUILD_JAEGER)]
+    if os.environ.get("PODWIRE_SKIP_PEERS") == "1":
+        argv.append("--check")
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=OTELCOL_BUILD_TIMEOUT_S, check=False)
+    if proc.returncode != 0:
+        if "--check" in argv:
+            pytest.skip(f"PODWIRE_SKIP_PEERS=1 and jaeger not built: {proc.stderr.strip()}")
+        pytest.fail(f"{BUILD_JAEGER} failed:\n{proc.stderr[-4000:]}")
+    path = Path(proc.stdout.strip().splitlines()[-1])
+    assert path.is_file(), proc.stdout
+    return path
