@@ -22,7 +22,14 @@
 # dropped except NET_RAW (plus SYS_ADMIN and SYS_PTRACE for socket stats), no privilege
 # escalation and a read-only root filesystem; see helm/podwire/values.yaml.
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The base image, pinned by digest: release builds pass
+#   --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:<digest of the tag at release time>
+# (`podman image inspect --format '{{.Digest}}'` or `docker buildx imagetools inspect` on a machine
+# that can reach the registry; the machine this was written on cannot, so no digest is written here).
+# The default is the local stand-in scripts/build-image.sh makes and the image build test uses: a
+# Debian bookworm root filesystem from debootstrap with Debian's python3 3.11, imported as
+# localhost/podwire-base:bookworm.
+ARG PYTHON_IMAGE=localhost/podwire-base:bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
@@ -31,9 +38,13 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/podwire
 WORKDIR /src
 # Only what the package build reads (.dockerignore keeps the rest of the tree out).
-COPY pyproject.toml README.md ./
+# requirements-image.txt: every dependency at an exact version with its hashes (pip-compile
+# --generate-hashes from pyproject.toml); pip refuses anything else. podwire itself comes from
+# the build context, without dependencies.
+COPY requirements-image.txt pyproject.toml README.md ./
 COPY src ./src
-RUN /opt/podwire/bin/pip install --no-compile . \
+RUN /opt/podwire/bin/pip install --no-compile --require-hashes -r requirements-image.txt \
+    && /opt/podwire/bin/pip install --no-compile --no-deps --no-build-isolation . \
     && /opt/podwire/bin/python -m compileall -q /opt/podwire/lib \
     && /opt/podwire/bin/python -m pip uninstall -y -q pip setuptools
 
@@ -47,8 +58,11 @@ LABEL org.opencontainers.image.title="podwire" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.base.name="${PYTHON_IMAGE}"
 # libpcap0.8: scapy's compile_filter (the kernel BPF program that keeps only SYN/FIN/RST).
+# Not pinned to a Debian revision: bookworm's archive keeps only the latest (security) one, so an
+# exact pin breaks the build when the archive moves on; the base digest fixes the release.
+# hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libpcap0.8=1.10.3-1 \
+    && apt-get install -y --no-install-recommends libpcap0.8 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 podwire \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \

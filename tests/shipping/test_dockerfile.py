@@ -108,15 +108,19 @@ def test_every_copy_source_exists_in_the_build_context_and_is_not_ignored() -> N
     assert not any("__pycache__" in n for n in names)
 
 
-def test_two_stages_on_slim_python_with_only_libpcap_at_runtime() -> None:
+def test_two_stages_on_a_digest_pinned_base_with_only_libpcap_at_runtime() -> None:
     text = DOCKERFILE.read_text()
-    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", text, re.M)
+    # one build argument names the base; release builds pin python:3.11-slim by digest through it
+    assert re.search(r"^ARG PYTHON_IMAGE=\S+$", text, re.M)
+    assert "--build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:" in text
     build, runtime = _stages()
     assert build[0] == ("FROM", "${PYTHON_IMAGE} AS build")
     assert runtime[0] == ("FROM", "${PYTHON_IMAGE}")
     runs = " ".join(a for k, a in runtime if k == "RUN")
     installed = re.findall(r"apt-get install -y --no-install-recommends ([^&]+)", runs)
-    assert [p.split("=")[0] for p in installed[0].split()] == ["libpcap0.8"]
+    assert installed[0].split() == [
+        "libpcap0.8"
+    ]  # no exact Debian revision: it breaks when the archive moves
     assert "rm -rf /var/lib/apt/lists/*" in runs
     assert ("COPY", "--from=build /opt/podwire /opt/podwire") in runtime
 
@@ -156,3 +160,33 @@ def test_hadolint_flags_a_bad_dockerfile(tmp_path: Path) -> None:
     bad.write_text("FROM python:latest\nRUN apt-get install libpcap0.8\n")
     proc = subprocess.run([hadolint, "--no-color", bad], capture_output=True, text=True)
     assert proc.returncode != 0 and "DL3007" in proc.stdout
+
+
+LOCK = REPO / "requirements-image.txt"
+
+
+def test_python_dependencies_are_locked_with_hashes_for_the_image() -> None:
+    """requirements-image.txt (pip-compile --generate-hashes) pins every dependency, transitive
+    ones too, at one version with its hashes, and the image installs it with --require-hashes."""
+    text = LOCK.read_text()
+    entries = re.split(r"\n(?=[a-z0-9])", text.split("\n\n", 1)[-1] if text.startswith("#") else text)
+    pinned: dict[str, str] = {}
+    for entry in entries:
+        head = entry.strip().splitlines()[0] if entry.strip() else ""
+        if not head or head.startswith("#"):
+            continue
+        name, _, version = head.split()[0].partition("==")
+        assert version, f"{head}: not pinned to one version"
+        assert "--hash=sha256:" in entry, f"{name}: no hash"
+        pinned[name.lower().replace("_", "-")] = version
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = {
+        re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower().replace("_", "-") for d in meta["dependencies"]
+    }
+    assert wanted <= set(pinned), wanted - set(pinned)
+    assert len(pinned) > len(wanted)  # the transitive ones are locked too
+    build = _stages()[0]
+    runs = " ".join(a for k, a in build if k == "RUN")
+    assert "--require-hashes -r requirements-image.txt" in runs
+    assert "--no-deps" in runs  # podwire itself adds nothing unhashed
+    assert "pypi" not in text.lower() or "--index-url" not in text  # no registry written into the repo

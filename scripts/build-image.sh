@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Build the podwire image for real with Debian's podman, without pulling a base image:
+# a Debian bookworm root filesystem made with debootstrap, plus Debian's python3 (3.11), is
+# imported as localhost/podwire-base:bookworm and stands in for python:3.11-slim-bookworm
+# (the Dockerfile's PYTHON_IMAGE build argument). Then, inside the image: `podwire --version`
+# and `podwire replay` of a test pcap; prints the image size.
+#
+#   bash scripts/build-image.sh [PCAP]        (as root; needs podman and debootstrap)
+#
+# The root filesystem is cached outside the clone ($PODWIRE_IMAGE_CACHE, default
+# /var/cache/podwire-image), like the Go-built peers. The Debian mirror is the one this
+# machine's apt uses. The image build itself fetches the locked Python wheels
+# (requirements-image.txt, hashes checked) and libpcap through the ordinary clients.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CACHE=${PODWIRE_IMAGE_CACHE:-/var/cache/podwire-image}
+ROOTFS=$CACHE/rootfs-bookworm
+BASE=localhost/podwire-base:bookworm
+IMAGE=${PODWIRE_IMAGE:-localhost/podwire:test}
+mirror() {
+    awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null \
+        || awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list
+}
+if [ ! -e "$ROOTFS/.complete" ]; then
+    rm -rf "$ROOTFS"
+    mkdir -p "$CACHE"
+    debootstrap --variant=minbase --include=python3,python3-venv,python-is-python3,ca-certificates \
+        bookworm "$ROOTFS" "$(mirror)"
+    rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/*
+    touch "$ROOTFS/.complete"
+fi
+if ! podman image exists "$BASE"; then
+    tar -C "$ROOTFS" --exclude=./.complete -c . | podman import --change 'CMD ["/bin/bash"]' - "$BASE" >/dev/null
+fi
+podman build --network=host --build-arg PYTHON_IMAGE="$BASE" -t "$IMAGE" .
+podman run --rm --network=none "$IMAGE" --version
+if [ -n "${1:-}" ]; then
+    podman run --rm --network=none -v "$(realpath "$1"):/data/test.pcap:ro" "$IMAGE" \
+        replay /data/test.pcap --format jsonl --log-level error
+fi
+podman image inspect --format 'image size: {{.Size}} bytes' "$IMAGE"
