@@ -207,7 +207,8 @@ def demo_run(
         )
         wait_port(p["gw_grpc"], procs[-1], work / "gateway.log")
         # The README's set-up: no OTEL_* variables, only the demo's option (and its 5 s interval).
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        # (and no PODWIRE_* keys of the test run: the demo refuses unknown ones)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PODWIRE_"))}
         argv = [str(PODWIRE), "demo", "--duration", str(DEMO_S), "--no-tui"]
         argv += ["--listen", f"127.0.0.1:{p['demo']}", "--otlp-endpoint", f"http://127.0.0.1:{p['gw_grpc']}"]
         with running(prometheus_bin, work, scrape_targets=[f"127.0.0.1:{p['gw_prom']}"]) as prom:
