@@ -17,8 +17,9 @@ spans, with its labels service, span_name, span_kind, status_code:
 - status_code STATUS_CODE_ERROR for refused, timeout and reset, else STATUS_CODE_UNSET;
 - latency = the span's duration, in the same buckets as the service-graph histograms.
 Series are bounded by max_series; past it, calls fold into one `overflow` series (counted in
-podwire_agent_series_dropped_total like the edges).  Do not also enable Tempo's (or the
-collector's) span-metrics on podwire's spans: every call would be counted twice.
+podwire_agent_series_dropped_total like the edges).  Do not also enable Tempo's span-metrics
+generator on podwire's spans: it writes these names too, so every call would be counted twice (the
+collector connector in otel/gateway.yaml writes traces_span_metrics_*, other names).
 """
 
 from __future__ import annotations
