@@ -341,19 +341,26 @@ def test_a_20_ms_delay_shows_as_a_20_ms_rtt(two_pod_cluster: Cluster, tmp_path: 
         c = connect(cluster, "client", server.ipv4, 8080)
         s, _ = lsock.accept()
         deadline = time.monotonic() + 3 * INTERVAL + 1.0
+        trips: list[float] = []
         while time.monotonic() < deadline:  # request/response: the answer carries the ACK at once
+            t0 = time.monotonic()
             c.sendall(b"q" * 100)
             recv_exact(s, 100)
             s.sendall(b"r" * 100)
             recv_exact(c, 100)
+            trips.append(time.monotonic() - t0)
+        # what the programs saw: 20 ms plus the relay's own time (a Python process on a busy machine)
+        seen = sorted(trips)[len(trips) // 2]
         c.close()
         assert read_to_eof(s) == 0
         s.close()
         wait_until(lambda: len(progress.closed(8080)) == 1, what="the record")
         (rec,) = progress.closed(8080)
         assert rec.rtt_s is not None and rec.min_rtt_s is not None
-        assert 0.015 <= rec.min_rtt_s <= 0.025, rec.min_rtt_s
-        assert 0.015 <= rec.rtt_s <= 0.025, rec.rtt_s
+        assert 0.015 <= rec.min_rtt_s <= 0.025, rec.min_rtt_s  # the path's floor: 20 ms +-25%
+        # smoothed: 20 ms +-25%, or within 25% of the round trip the programs measured when the
+        # relay's jitter on a loaded machine adds more than 5 ms
+        assert 0.015 <= rec.rtt_s <= 1.25 * max(0.020, seen), (rec.rtt_s, seen)
         gauge = scrape(a, "podwire_tcp_min_rtt_seconds", server_workload="api")
         assert 0.015 <= gauge <= 0.025
         # the histogram got one observation per sample (the first ones also carry the handshake's,
