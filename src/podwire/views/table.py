@@ -30,7 +30,8 @@ MAX_OPEN = 65_536  # open connections whose progress the table remembers
 
 def label(identity: Identity, address: str) -> str:
     if identity.kind is IdentityKind.POD:
-        return f"{identity.namespace}/{identity.workload_name}"
+        via = f" via svc {identity.service}" if identity.service is not None else ""
+        return f"{identity.namespace}/{identity.workload_name}{via}"
     if identity.kind is IdentityKind.SERVICE:
         return f"svc {identity.namespace}/{identity.name}"
     if identity.kind is IdentityKind.EXTERNAL and identity.name == "external":
