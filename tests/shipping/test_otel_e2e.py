@@ -133,6 +133,8 @@ def _send_metrics(endpoint: str) -> None:
     for prom, otel_name, kind in load_contract().instruments:
         if prom.startswith("traces_service_graph"):
             attrs: dict = dict(SG)
+        elif prom.startswith("traces_spanmetrics"):
+            attrs = {names.SM_SERVICE: "cart", names.SM_SPAN_NAME: "tcp accept shop/cart:8080"}
         elif prom.startswith("podwire_tcp_"):
             attrs = dict(EDGE)
         else:
@@ -151,7 +153,9 @@ def _send_metrics(endpoint: str) -> None:
         }.get(prom, {})
         attrs.update(extra)
         if kind == "histogram":
-            h = meter.create_histogram(otel_name, unit=names.UNIT_SECONDS)
+            # traces_spanmetrics_latency keeps Tempo's name: no unit, so no _seconds suffix
+            unit = names.UNIT_NONE if otel_name == names.SM_LATENCY else names.UNIT_SECONDS
+            h = meter.create_histogram(otel_name, unit=unit)
             for v in (0.002, 0.02, 0.2, 2.0, 20.0):
                 h.record(v, attrs)
         elif kind == "counter":
@@ -220,9 +224,10 @@ def test_every_names_py_metric_reaches_prometheus_under_its_documented_name(
 ) -> None:
     prom = pipeline.prometheus
     contract = load_contract()
-    assert _poll(prom, f'count({{__name__=~"podwire_.+|traces_service_graph_.+"}}) >= {len(contract.series)}')
-    got = {r["metric"]["__name__"] for r in prom.query('{__name__=~"podwire_.+|traces_service_graph_.+"}')}
-    assert got == set(contract.series)
+    ours = '{__name__=~"podwire_.+|traces_service_graph_.+|traces_spanmetrics_.+"}'
+    assert _poll(prom, f"count({ours}) >= {len(contract.series)}")
+    got = {r["metric"]["__name__"] for r in prom.query(ours)}
+    assert got == set(contract.series), (sorted(got - contract.series), sorted(contract.series - got))
 
 
 def test_promql_answers_match_what_the_agent_sent(pipeline: Pipeline, sent: tuple[int, int]) -> None:
