@@ -120,6 +120,8 @@ def parse(text: str, source: str = "<inventory>") -> Inventory:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if "nesting depth" in problem:  # libyaml's own bound (1,000), met before ours
+            raise InventoryError([f"{where}: nested too deep to be an inventory"]) from None
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         raise InventoryError([f"{where}: not valid YAML{at}: {problem}"]) from None
     found = [p for section in SECTIONS for p in problems[section]]

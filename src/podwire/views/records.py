@@ -6,9 +6,10 @@ The JSON field names are a contract (issue 2/3): keep them.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Iterable
 from typing import Any, TextIO
+
+import msgspec
 
 from podwire.identity.naming import identity_json
 from podwire.model import Endpoint, Identity, IdentityKind, NamedConnection, TlsInfo
@@ -75,11 +76,21 @@ def record_json(conn: NamedConnection) -> dict[str, Any]:
     }
 
 
+_encode = msgspec.json.Encoder().encode  # ~5x json.dumps on these dicts (issue 13's replay profile)
+_LINES_PER_WRITE = 1024  # one write per block of lines, not one per record
+
+
 def write_jsonl(conns: Iterable[NamedConnection], out: TextIO) -> int:
     n = 0
+    block: list[bytes] = []
     for conn in conns:
-        out.write(json.dumps(record_json(conn), separators=(",", ":")) + "\n")
+        block.append(_encode(record_json(conn)))
         n += 1
+        if len(block) >= _LINES_PER_WRITE:
+            out.write(b"\n".join(block).decode() + "\n")
+            block.clear()
+    if block:
+        out.write(b"\n".join(block).decode() + "\n")
     return n
 
 
