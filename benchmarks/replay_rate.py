@@ -71,7 +71,7 @@ def make_pcap(path: Path, connections: int, segments: int = 16) -> int:
         for i in range(connections):
             v6 = i % 10 == 0
             if v6:
-                c = b"\xfd\x00" + b"\x00" * 12 + struct.pack("!H", 1 + i % 200)
+                c = b"\xfd\x00" + b"\x00" * 12 + struct.pack("!H", 1 + i % 60000)  # unique 4-tuples to 300k
                 s = b"\xfd\x00" + b"\x00" * 13 + b"\x02"
             else:
                 c = bytes((10, 1, (i >> 8) & 0xFF, i & 0xFF))

@@ -12,8 +12,8 @@ Scenarios (repeated --reps times, alternating, so a busy neighbour hits both sid
     /metrics count N closed connections, 2N bytes up and 5N down; kernel drops from /metrics.
   * the same churn with metrics while another process keeps one core busy (full run only);
   * replay: the whole `podwire replay --format jsonl` command against `tshark -q -z conv,tcp`, on a
-    connection-heavy pcap (100,000 connections of 8 packets) and a bulk pcap; CPU of each child
-    (user + system).  Exact = one record per connection, and tshark lists as many conversations;
+    connection-heavy pcap (100,000 connections of 8 packets) and a bulk pcap (1,000 of 607 packets);
+    CPU of each child (user + system).  Exact = one record per connection, as many tshark conversations;
   * memory: RSS of the idle agent with the 100-pod inventory, its peak RSS over the churn, and the
     tracker's bytes per open connection at 10,000 and 100,000 (a fresh interpreter each);
   * bulk: iperf3 between two pods with and without the agent (benchmarks/capture_iperf3.py; full
@@ -428,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     # --- replay: the whole command against tshark ----------------------------------------------
     cache = Path(tempfile.gettempdir()) / "podwire-bench"
     cache.mkdir(exist_ok=True)
-    files = [("connections", 2_000 if quick else 100_000, 8), ("bulk", 20 if quick else 1_000, 400)]
+    # (name, connections, data segments each): 7 + s + s // 2 packets per connection
+    files = [("connections", 2_000 if quick else 100_000, 1), ("bulk", 20 if quick else 1_000, 400)]
     replays = []
     for name, conns, segments in files:
         pcap = cache / f"{name}-{conns}x{segments}.pcap"
