@@ -7,11 +7,10 @@
 # virtualenv; the runtime stage adds only libpcap (scapy compiles the capture filter
 # with it) and copies the virtualenv. No compiler, no pip cache, no apt lists.
 #
-# Size (no container engine on the build machine, so measured piecewise): the virtualenv
-# is 280 MB with pip and setuptools (23 MB, removed below), of which the kubernetes client
-# is 126 MB, scapy 24 MB, grpc 19 MB, cryptography 16 MB (`pip install .` into a fresh
-# Python 3.11 venv, `du -sh`); python:3.11-slim-bookworm adds about 130 MB and libpcap
-# under 1 MB, so the image is about 390 MB uncompressed.
+# Built for real by scripts/build-image.sh (Debian's podman, the debootstrap stand-in base):
+# 601 MB, of which the stand-in base is 273 MB (Debian minbase + python3; python:3.11-slim is
+# about 130 MB) and the virtualenv most of the rest (kubernetes client 126 MB, scapy 24 MB, grpc
+# 19 MB, cryptography 16 MB).
 #
 # User: the image runs as the fixed non-root UID 10001 by default, which is all that
 # `podwire replay` and `podwire --help` need. Live capture (`podwire run`) opens
@@ -41,12 +40,13 @@ WORKDIR /src
 # requirements-image.txt: every dependency at an exact version with its hashes (pip-compile
 # --generate-hashes from pyproject.toml); pip refuses anything else. podwire itself comes from
 # the build context, without dependencies.
-COPY requirements-image.txt pyproject.toml README.md ./
+# requirements-build.txt: setuptools and wheel, hashed too, to build podwire itself.
+COPY requirements-image.txt requirements-build.txt pyproject.toml README.md ./
 COPY src ./src
-RUN /opt/podwire/bin/pip install --no-compile --require-hashes -r requirements-image.txt \
+RUN /opt/podwire/bin/pip install --no-compile --require-hashes -r requirements-image.txt -r requirements-build.txt \
     && /opt/podwire/bin/pip install --no-compile --no-deps --no-build-isolation . \
     && /opt/podwire/bin/python -m compileall -q /opt/podwire/lib \
-    && /opt/podwire/bin/python -m pip uninstall -y -q pip setuptools
+    && /opt/podwire/bin/python -m pip uninstall -y -q pip setuptools wheel packaging
 
 FROM ${PYTHON_IMAGE}
 ARG VERSION=0.1.0

@@ -32,10 +32,23 @@ fi
 if ! podman image exists "$BASE"; then
     tar -C "$ROOTFS" --exclude=./.complete -c . | podman import --change 'CMD ["/bin/bash"]' - "$BASE" >/dev/null
 fi
-podman build --network=host --build-arg PYTHON_IMAGE="$BASE" -t "$IMAGE" .
-podman run --rm --network=none "$IMAGE" --version
+# This machine's pip settings and CA bundle (a proxy may re-sign TLS) for the build steps only:
+# mounted, never copied into a layer.
+mounts=()
+for f in /etc/pip.conf /etc/ssl/certs/ca-certificates.crt; do
+    [ -f "$f" ] && mounts+=(-v "$f:$f:ro")
+done
+# --isolation=chroot: RUN steps without an OCI runtime (crun refuses this kernel's hybrid cgroups).
+podman build --isolation=chroot --network=host "${mounts[@]}" --build-arg PYTHON_IMAGE="$BASE" -t "$IMAGE" .
+# Run inside the image's file system as its user. Not `podman run`: on this project's machines crun
+# cannot create the container (setrlimit RLIMIT_NPROC: operation not permitted, and hybrid
+# cgroups), so the image is mounted and its entrypoint run with chroot instead.
+root=$(podman image mount "$IMAGE")
+trap 'umount "$root/mnt" 2>/dev/null || true; podman image unmount "$IMAGE" >/dev/null' EXIT
+user=$(podman image inspect --format '{{.Config.User}}' "$IMAGE")
+chroot --userspec="$user" "$root" /opt/podwire/bin/podwire --version
 if [ -n "${1:-}" ]; then
-    podman run --rm --network=none -v "$(realpath "$1"):/data/test.pcap:ro" "$IMAGE" \
-        replay /data/test.pcap --format jsonl --log-level error
+    mount --bind "$(dirname "$(realpath "$1")")" "$root/mnt"
+    chroot --userspec="$user" "$root" /opt/podwire/bin/podwire replay "/mnt/$(basename "$1")" --log-level error
 fi
 podman image inspect --format 'image size: {{.Size}} bytes' "$IMAGE"

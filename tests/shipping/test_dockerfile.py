@@ -1,7 +1,8 @@
 """Dockerfile: every COPY source exists in the build context and survives .dockerignore,
 the stages are what issue 5 asks (slim Python base, runtime libpcap only, fixed non-root
 UID, OCI labels, `podwire run` entrypoint, no HEALTHCHECK), and hadolint passes.
-(No container engine on this machine: the image itself is not built here.)"""
+The image itself is built for real by scripts/build-image.sh (podman; not in CI: it needs a few
+minutes and a debootstrap root file system)."""
 
 from __future__ import annotations
 
