@@ -379,9 +379,62 @@ def service_map() -> Json:
         "histogram_quantile(0.9, sum by (client, server, le) ("
         f'rate(traces_service_graph_request_server_seconds_bucket{{server_service_namespace=~"$namespace"}}[{RATE}])))'
     )
+    # Grafana's Service Graph table (span metrics of SERVER spans, one row per server and port)
+    server_sel = 'span_kind="SPAN_KIND_SERVER", span_name=~"tcp accept ($namespace)/.*"'
+    sm_calls = f"sum by (span_name) (rate(traces_spanmetrics_calls_total{{{server_sel}}}[{RATE}]))"
+    sm_errors = (
+        "sum by (span_name) (rate(traces_spanmetrics_calls_total"
+        f'{{{server_sel}, status_code="STATUS_CODE_ERROR"}}[{RATE}]))'
+    )
+    sm_p90 = (
+        "histogram_quantile(0.9, sum by (span_name, le) "
+        f"(rate(traces_spanmetrics_latency_bucket{{{server_sel}}}[{RATE}])))"
+    )
+    servers_table = {
+        "type": "table",
+        "title": "Servers (span metrics, as Grafana's Service Graph table)",
+        "description": (
+            "One row per server workload and port (SERVER span name): connections/s, the failed "
+            "ratio (refused, timed out, reset) and the p90 connection duration, from the "
+            "traces_spanmetrics_* series podwire counts in the agent."
+        ),
+        "datasource": DS,
+        "targets": [
+            target(sm_calls, ref="A", instant=True, table=True),
+            target(f"(({sm_errors}) or ({sm_calls}) * 0) / ({sm_calls})", ref="B", instant=True, table=True),
+            target(sm_p90, ref="C", instant=True, table=True),
+        ],
+        "transformations": [
+            {"id": "merge", "options": {}},
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True},
+                    "renameByName": {
+                        "Value #A": "connections/s",
+                        "Value #B": "failed ratio",
+                        "Value #C": "p90",
+                    },
+                    "indexByName": {},
+                },
+            },
+        ],
+        "fieldConfig": {
+            "defaults": {},
+            "overrides": [
+                {
+                    "matcher": {"id": "byName", "options": "failed ratio"},
+                    "properties": [{"id": "unit", "value": "percentunit"}],
+                },
+                {"matcher": {"id": "byName", "options": "p90"}, "properties": [{"id": "unit", "value": "s"}]},
+            ],
+        },
+        "options": {"showHeader": True, "sortBy": [{"displayName": "connections/s", "desc": True}]},
+    }
     panels = [
         sized(node_graph, 24, 16),
         sized(edges_table, 24, 10),
+        sized(servers_table, 24, 8),
         row("Tempo service-graph series (what Grafana's Tempo data source draws)"),
         sized(
             timeseries(

@@ -180,7 +180,7 @@ def test_node_names_must_be_kubernetes_node_names(name: str) -> None:
 @pytest.mark.parametrize(
     ("text", "why"),
     [
-        ("", "1 to 64"),
+        (",", "1 to 64"),
         (",".join(str(i + 1) for i in range(65)), "1 to 64"),
         ("0,1", "> 0"),
         ("1,nan", "> 0"),

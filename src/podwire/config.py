@@ -124,7 +124,10 @@ MAX_BUCKET_S = 7 * 86_400.0  # a week: past that a connection's duration is its 
 
 
 def parse_buckets(text: str) -> tuple[float, ...]:
-    """`0.001,0.01,0.1,1` -> histogram upper bounds in seconds: 1..64 values, increasing."""
+    """`0.001,0.01,0.1,1` -> histogram upper bounds in seconds: 1..64 values, increasing.
+    Empty (the chart's default): () = telemetry's default buckets."""
+    if not text.strip():
+        return ()
     parts = [p.strip() for p in text.split(",") if p.strip()]
     if not 1 <= len(parts) <= MAX_BUCKETS:
         raise ValueError(f"expected 1 to {MAX_BUCKETS} comma-separated bounds in seconds")

@@ -52,9 +52,8 @@ SG_REQUEST_CLIENT_SECONDS: Final = "traces_service_graph_request_client_seconds"
 
 # --- Tempo span-metrics series, read by Grafana's Service Graph table (names and labels exactly as
 # Tempo's span-metrics processor writes them; Grafana's Tempo data source queries these) ------------
-SM_CALLS: Final = (
-    "traces_spanmetrics_calls"  # traces_spanmetrics_calls_total{service,span_name,span_kind,status_code}
-)
+# traces_spanmetrics_calls_total{service,span_name,span_kind,status_code}
+SM_CALLS: Final = "traces_spanmetrics_calls"
 # traces_spanmetrics_latency_bucket: histogram in seconds with no unit suffix (UNIT_NONE), like Tempo's
 SM_LATENCY: Final = "traces_spanmetrics_latency"
 
