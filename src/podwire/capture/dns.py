@@ -45,7 +45,7 @@ class DnsStats:
     def __init__(self) -> None:
         self.answers = 0  # DnsAnswer values produced
         self.malformed = 0  # truncated, loops, bad labels
-        self.not_answer = 0  # a query, an error rcode or no question
+        self.not_answer = 0  # a query, an error rcode, no question, or no address for the question
         self.queries = 0  # queries to a trusted resolver, remembered for their answer (DnsGuard)
         self.rejected_untrusted = 0  # answers from an address that is not a trusted resolver
         self.rejected_unsolicited = 0  # answers matching no query seen (id, 4-tuple, question)
@@ -241,11 +241,13 @@ def _parse(
         raise _Bad
     cnames: dict[str, str] = {}
     addresses: list[tuple[str, str, int]] = []
+    broken = False
     try:
         _read_records(buf, pos, end, start, min(ancount, _MAX_ANSWERS), cnames, addresses)
     except (_Bad, IndexError, struct.error, ValueError):
         # Records read before the break are whole and still true (e.g. a message cut short).
         stats.malformed += 1
+        broken = True
     # Names the queried name resolves through: qname -> cname -> cname ... (bounded, loop-safe).
     reachable = {qname}
     name = qname
@@ -255,10 +257,14 @@ def _parse(
             break
         reachable.add(nxt)
         name = nxt
+    found = 0
     for owner, address, ttl in addresses:
         if owner in reachable:
             out.append(DnsAnswer(ts, qname, address, ttl))
-            stats.answers += 1
+            found += 1
+    stats.answers += found
+    if not found and not broken:
+        stats.not_answer += 1  # a whole response whose records give no address for its question
 
 
 def _read_records(

@@ -267,8 +267,8 @@ class PcapSource:
                         self.stats.truncated += 1
                         self._done = True
                         break
-                    n += 1
                     if iface_id < len(ifaces):
+                        n += 1  # handed to the decoder (an unknown interface is counted apart)
                         iface = ifaces[iface_id]
                         seg = iface.decode(
                             buf, start, stop, ((hi << 32) | lo) / iface.units_per_s + iface.offset_s, 0, None
@@ -294,8 +294,8 @@ class PcapSource:
                     iface_id, _drops, hi, lo, caplen, _len = sec.opb.unpack_from(buf, body)
                     start = body + 20
                     stop = min(start + caplen, body_end)
-                    n += 1
                     if iface_id < len(ifaces):
+                        n += 1  # handed to the decoder (an unknown interface is counted apart)
                         iface = ifaces[iface_id]
                         seg = iface.decode(
                             buf, start, stop, ((hi << 32) | lo) / iface.units_per_s + iface.offset_s, 0, None
