@@ -161,9 +161,10 @@ def _send_metrics(endpoint: str) -> None:
         elif kind == "counter":
             unit = names.UNIT_BYTES if "bytes" in otel_name else "{item}"
             meter.create_counter(otel_name, unit=unit).add(5, attrs)
-        else:
+        else:  # a gauge in seconds (min RTT, certificate not-after) gets its _seconds from the unit
+            unit = names.UNIT_SECONDS if prom.endswith("_seconds") else "{item}"
             meter.create_observable_gauge(
-                otel_name, callbacks=[lambda _opts, a=attrs: [_obs(7, a)]], unit="{item}"
+                otel_name, callbacks=[lambda _opts, a=attrs: [_obs(7, a)]], unit=unit
             )
     provider.force_flush()
     provider.shutdown()

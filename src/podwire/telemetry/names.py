@@ -24,7 +24,8 @@ TCP_FAILURES: Final = "podwire.tcp.failures"  # podwire_tcp_failures_total{reaso
 TCP_RESETS: Final = "podwire.tcp.resets"  # podwire_tcp_resets_total{sender}
 TCP_CONNECTIONS_ACTIVE: Final = "podwire.tcp.connections.active"  # podwire_tcp_connections_active (gauge)
 # from socket stats (sock_diag), per edge:
-TCP_RTT: Final = "podwire.tcp.rtt"  # podwire_tcp_rtt_seconds: smoothed RTT, one observation per sample
+# podwire_tcp_rtt_seconds (histogram): smoothed RTT, one observation per connection per sample
+TCP_RTT: Final = "podwire.tcp.rtt"
 TCP_MIN_RTT: Final = "podwire.tcp.min_rtt"  # podwire_tcp_min_rtt_seconds (gauge): lowest seen on the edge
 TCP_RETRANSMITS: Final = "podwire.tcp.retransmits"  # podwire_tcp_retransmits_total: segments retransmitted
 # podwire_tcp_connections_retransmitting_total: connections that retransmitted at least once
@@ -96,11 +97,10 @@ AGENT_SOCKSTATS_DUMP_DURATION: Final = "podwire.agent.sockstats.dump.duration"
 AGENT_SOCKSTATS_SOCKETS: Final = "podwire.agent.sockstats.sockets"
 AGENT_SOCKSTATS_SKIPPED: Final = "podwire.agent.sockstats.pods.skipped"
 AGENT_SOCKSTATS_DROPPED: Final = "podwire.agent.sockstats.dropped"  # sockets over the bound, rounds not fed
-# views and the listener: podwire_agent_views_connections (held),
-# podwire_agent_views_evictions_total{reason=age|size|edges},
-# podwire_agent_http_connections_closed_total{reason}: closed or refused by the listener
-AGENT_VIEWS_CONNECTIONS: Final = "podwire.agent.views.connections"
+AGENT_VIEWS_CONNECTIONS: Final = "podwire.agent.views.connections"  # podwire_agent_views_connections (gauge)
+# podwire_agent_views_evictions_total{reason=age|size|edges}
 AGENT_VIEWS_EVICTIONS: Final = "podwire.agent.views.evictions"
+# podwire_agent_http_connections_closed_total{reason}: closed or refused by the listener
 AGENT_HTTP_CLOSED: Final = "podwire.agent.http.connections.closed"
 # DNS answers not used for naming: podwire_agent_dns_rejected_total{reason=untrusted|unsolicited}
 AGENT_DNS_REJECTED: Final = "podwire.agent.dns.rejected"
