@@ -68,10 +68,10 @@ class Backend:
                 continue
             except OSError:
                 return
+            self.accepted += 1  # before the answer: the client returns once it has read it
             with conn:
                 read_to_eof(conn)
                 conn.sendall(b"b" * 500)
-            self.accepted += 1
 
     def stop(self) -> None:
         self._stop.set()
