@@ -77,13 +77,13 @@ def openmetrics(start_s: int, minutes: int) -> str:
             )
         add("podwire_tcp_connections_active", "gauge", "podwire_tcp_connections_active", edge, 3.0)
         # socket stats, as the names.py contract lists them
-        for name in ("podwire_tcp_rtt_seconds", "podwire_tcp_min_rtt_seconds"):
-            add(name, "gauge", name, edge, 0.0004)
+        add("podwire_tcp_min_rtt_seconds", "gauge", "podwire_tcp_min_rtt_seconds", edge, 0.0004)
         for name in ("podwire_tcp_retransmits_total", "podwire_tcp_connections_retransmitting_total"):
             add(name.removesuffix("_total"), "counter", name, {**edge, "sender": "client"}, rate * fail)
         for fam, buckets in (
             ("podwire_tcp_connection_duration_seconds", (0.01, 0.1, 1.0, 10.0)),
             ("podwire_tcp_handshake_duration_seconds", (0.0001, 0.001, 0.01)),
+            ("podwire_tcp_rtt_seconds", (0.0001, 0.001, 0.01)),  # a histogram: one per sample
         ):
             for i, le in enumerate(buckets):
                 share = (i + 1) / len(buckets)
