@@ -107,3 +107,23 @@ def test_a_connection_older_than_the_agent_counts_its_progress_once(
     tel.metrics.on_progress(progress_of(rec, 300, 40), WEB, DB)
     tel.metrics.on_connection(named(rec, WEB, DB))  # the record carries the same since-first-sample bytes
     assert bytes_by_direction(receiver, tel) == {n.CLIENT_TO_SERVER: 300, n.SERVER_TO_CLIENT: 40}
+
+
+def test_both_ends_on_one_sink_with_the_same_point_number_count_once(
+    receiver: OtlpReceiver, tel: Telemetry
+) -> None:
+    """Two captures feeding one sink (the demo's two nodes) can give both ends the same point number;
+    the server's record arriving first must not take the client's progress with it (a 120 s demo
+    counted its long-lived connection's bytes twice)."""
+    rec_c = msgspec.structs.replace(
+        record(Outcome.CLOSED, Side.CLIENT, point=5, c2s=9_000, s2c=70), retransmits=2
+    )
+    rec_s = msgspec.structs.replace(rec_c, observed_side=Side.SERVER, retransmits=1)
+    tel.metrics.on_opened(opened_for(rec_c), WEB, DB)
+    tel.metrics.on_progress(progress_of(rec_c, 8_000, 60, retrans=2), WEB, DB)
+    tel.metrics.on_progress(progress_of(rec_s, 8_000, 60, retrans=1), WEB, DB)
+    tel.metrics.on_connection(named(rec_s, WEB, DB))  # the server's end closes first
+    tel.metrics.on_connection(named(rec_c, WEB, DB))
+    assert bytes_by_direction(receiver, tel) == {n.CLIENT_TO_SERVER: 9_000, n.SERVER_TO_CLIENT: 70}
+    retrans = {p.attributes[n.SENDER]: p.value for p in receiver.latest_points(n.TCP_RETRANSMITS)}
+    assert retrans == {"client": 2, "server": 1}

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import io
 
+import msgspec
+
 from podwire.model import Outcome, Side
 from podwire.telemetry.metrics import counts_here
 from podwire.views.table import EdgeTable, write_plain
 from tests.telemetry.factory import named, opened_for, pod, record
+from tests.telemetry.test_metrics_progress import progress_of
 
 
 def _table(max_edges: int = 500) -> EdgeTable:
@@ -51,3 +54,19 @@ def test_plain_lines_carry_every_column() -> None:
     line = out.getvalue().strip()
     assert line.startswith("t=0 edge shop/web -> shop/api:8080 open=0 conns=1 closed=1")
     assert "bytes_c2s=1000 bytes_s2c=5000" in line
+
+
+def test_both_ends_with_the_same_point_number_count_progress_once() -> None:
+    """The demo's two nodes feed one table: both ends of a long connection can share a point number.
+    The server's record arriving first must not take the client's progress (bytes were doubled)."""
+    table = _table()
+    web, db = pod("web"), pod("db")
+    rec_c = record(point=5, c2s=9_000, s2c=70)
+    rec_s = msgspec.structs.replace(rec_c, observed_side=Side.SERVER)
+    table.on_opened(opened_for(rec_c), web, db)
+    table.on_progress(progress_of(rec_c, 8_000, 60), web, db)
+    table.on_progress(progress_of(rec_s, 8_000, 60), web, db)
+    table.on_connection(named(rec_s, web, db))
+    table.on_connection(named(rec_c, web, db))
+    (row,) = table.snapshot()
+    assert (row.total, row.bytes_c2s, row.bytes_s2c) == (1, 9_000, 70)

@@ -511,6 +511,9 @@ class SelfMetrics:
 
 
 _OpenKey = tuple[int, Endpoint, Endpoint, int | None, int | None]
+# Progress is per end: with several captures on one sink (simulated nodes), both ends of one
+# connection can share a point number, and only the side tells them apart.
+_ProgressKey = tuple[Side | None, int, Endpoint, Endpoint, int | None, int | None]
 
 
 class _Reported:
@@ -545,7 +548,7 @@ class MetricsSink:
         self._open: OrderedDict[_OpenKey, _Edge] = OrderedDict()
         self._max_open = max_open
         # connections with progress from socket stats: what was counted so far (same bound)
-        self._progress: OrderedDict[_OpenKey, _Reported] = OrderedDict()
+        self._progress: OrderedDict[_ProgressKey, _Reported] = OrderedDict()
         self._lock = threading.Lock()
         self.series_dropped = 0
 
@@ -645,11 +648,12 @@ class MetricsSink:
         counted = counts_here(event.observed_side, client)
         sender = 1 if event.observed_side is Side.SERVER else 0
         key = (event.point, event.client, event.server, event.client_isn, event.server_isn)
+        pkey = (event.observed_side, *key)
         with self._lock:
-            done = self._progress.get(key)
+            done = self._progress.get(pkey)
             if done is None:
                 edge = self._open.get(key) or self._edge(client, server, event.server.port, event.client.port)
-                done = self._progress[key] = _Reported(edge)
+                done = self._progress[pkey] = _Reported(edge)
                 if len(self._progress) > self._max_open:
                     self._progress.popitem(last=False)
             edge = done.edge
@@ -674,7 +678,7 @@ class MetricsSink:
     def _uncounted_end(self, rec: ConnectionRecord) -> None:
         """A record this node does not count: only its own end's last retransmits (see on_progress)."""
         with self._lock:
-            key = (rec.point, rec.client, rec.server, rec.client_isn, rec.server_isn)
+            key = (rec.observed_side, rec.point, rec.client, rec.server, rec.client_isn, rec.server_isn)
             done = self._progress.get(key) if rec.outcome is Outcome.OPEN else self._progress.pop(key, None)
             if done is not None and rec.retransmits is not None and rec.retransmits > done.retrans:
                 sender = 1 if rec.observed_side is Side.SERVER else 0
@@ -696,7 +700,7 @@ class MetricsSink:
         with self._lock:
             done: _Reported | None = None
             if self._progress:
-                pkey = (rec.point, rec.client, rec.server, rec.client_isn, rec.server_isn)
+                pkey = (rec.observed_side, rec.point, rec.client, rec.server, rec.client_isn, rec.server_isn)
                 done = self._progress.get(pkey) if outcome is Outcome.OPEN else self._progress.pop(pkey, None)
             opened: _Edge | None = None
             if key is not None:

@@ -77,7 +77,11 @@ class EdgeTable:
         self.evicted = 0
         self.started = time.time()
         # open connection -> [c2s, s2c, retransmits] already added from progress (socket stats)
-        self._reported: dict[tuple[int, Endpoint, Endpoint, int | None, int | None], list[int]] = {}
+        # keyed with the observed side: both ends of one connection can share a point number when
+        # several captures feed one table (the demo's nodes)
+        self._reported: dict[
+            tuple[Side | None, int, Endpoint, Endpoint, int | None, int | None], list[int]
+        ] = {}
 
     def on_opened(self, event: ConnectionOpened, client: Identity, server: Identity) -> None:
         if not self._counts_opened(event.observed_side, client):
@@ -100,7 +104,14 @@ class EdgeTable:
     def on_progress(self, event: ConnectionProgress, client: Identity, server: Identity) -> None:
         """Bytes while open (the close adds the rest), RTT, and each end's own retransmits."""
         key = (label(client, event.client.address), label(server, event.server.address), event.server.port)
-        pkey = (event.point, event.client, event.server, event.client_isn, event.server_isn)
+        pkey = (
+            event.observed_side,
+            event.point,
+            event.client,
+            event.server,
+            event.client_isn,
+            event.server_isn,
+        )
         with self._lock:
             row = self._row(key)
             done = self._reported.get(pkey)
@@ -124,7 +135,7 @@ class EdgeTable:
         done: list[int] | None = None
         if self._reported:
             with self._lock:
-                pkey = (r.point, r.client, r.server, r.client_isn, r.server_isn)
+                pkey = (r.observed_side, r.point, r.client, r.server, r.client_isn, r.server_isn)
                 done = self._reported.pop(pkey, None)
         if not self._counts(conn):
             return
