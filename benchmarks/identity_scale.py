@@ -294,6 +294,7 @@ def child(kubeconfig: str, pods: int, services: int, nodes: int) -> None:
     from podwire.identity.external import ExternalNames
     from podwire.identity.index import IdentityIndex
     from podwire.identity.kube import KubeSource, load_client
+    from podwire.identity.kubestore import KubeStore
 
     log.configure("console", "warning")  # stderr: stdout carries the results
 
@@ -301,7 +302,7 @@ def child(kubeconfig: str, pods: int, services: int, nodes: int) -> None:
     gc.collect()
     rss0 = rss_mb()
     index = IdentityIndex(history_s=3600.0, fallback=ExternalNames([("10.96.0.0/12", "cluster-services")]))
-    source = KubeSource(index, api)
+    source = KubeSource(KubeStore(index), api)
     t0 = time.monotonic()
     source.start()
     while not source.ready:

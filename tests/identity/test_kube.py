@@ -624,6 +624,7 @@ def test_works_in_cluster_with_a_service_account_token(
     service-account directory, KUBERNETES_SERVICE_HOST/PORT, RBAC bound to the account."""
     from podwire.identity import IdentityIndex, KubeSource
     from podwire.identity.kube import in_cluster, load_client
+    from podwire.identity.kubestore import KubeStore
 
     kube._post(f"/api/v1/namespaces/{kube.ns}/serviceaccounts", {"metadata": {"name": "podwire"}})
     name = f"pw-sa-{uuid.uuid4().hex[:8]}"
@@ -654,12 +655,13 @@ def test_works_in_cluster_with_a_service_account_token(
     ds = kube.owner("DaemonSet", "node-exporter")
     kube.pod("node-exporter-7xk2p", ip, owner=ds)
     assert in_cluster(env, str(sa_dir)) and not in_cluster({}, str(sa_dir))
-    source = KubeSource(IdentityIndex(), load_client(service_account_dir=str(sa_dir), environ=env))
+    index = IdentityIndex()
+    source = KubeSource(KubeStore(index), load_client(service_account_dir=str(sa_dir), environ=env))
     source.start()
     try:
         assert source.wait_ready(30)
-        assert source.index.resolve(ip, None).workload == "node-exporter"
-        assert source.index.resolve(ip, None).workload_kind == "DaemonSet"
+        assert index.resolve(ip, None).workload == "node-exporter"
+        assert index.resolve(ip, None).workload_kind == "DaemonSet"
     finally:
         source.stop(5.0)
         _revoke(admin_api, name)

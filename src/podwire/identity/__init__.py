@@ -2,7 +2,8 @@
 
 Public API:
     build_service(settings) -> IdentityService   (.resolve, .learn_dns, .ready, .start, .stop, .stats)
-    IdentityIndex, ExternalNames, KubeSource, inventory.load
+    IdentityIndex, ExternalNames, KubeSource (list/watch) -> KubeStore (applies to the index),
+    inventory.load
     name_connection(resolver, record) -> NamedConnection; identity_json(identity) -> dict
 """
 
@@ -10,6 +11,7 @@ from podwire.identity.external import CidrTable, ExternalNames
 from podwire.identity.index import IdentityIndex, make_identity
 from podwire.identity.inventory import InventoryError
 from podwire.identity.kube import KubeAccessError, KubeSource
+from podwire.identity.kubestore import KubeStore
 from podwire.identity.naming import identity_json, name_connection
 from podwire.identity.service import IdentityService, IdentityStats, build, build_service
 
@@ -22,6 +24,7 @@ __all__ = [
     "InventoryError",
     "KubeAccessError",
     "KubeSource",
+    "KubeStore",
     "build",
     "build_service",
     "identity_json",

@@ -1,16 +1,15 @@
-"""Kubernetes source: list + watch pods, services, nodes, replicasets and jobs into the index.
+"""Kubernetes source: list + watch pods, services, nodes, replicasets and jobs (client-go's Reflector).
 
-One thread per kind.  Each lists (paged, raw JSON: no `kubernetes` model objects for 100k
-pods), then watches from the list's resourceVersion with bookmarks, parsing the chunked
-stream line by line.  A 410 Gone (an expired resourceVersion, after compaction or an API
-server restart) means relist, then a diff against the index, so nothing deleted meanwhile
-stays and nothing added is lost.  A watch the server ends reconnects from the last
-resourceVersion; an API server that cannot be reached is retried every RECONNECT_CAP_S at most
-(jittered), however long the outage, and re-listed as soon as it answers: a pod deleted and its
-IP reused meanwhile is named right within seconds.  `ready` turns true once every kind has synced.
-
-Pods are named by their controller, walked one step further for ReplicaSet -> Deployment
-and Job -> CronJob (the ReplicaSet and Job maps are kept here, slim: one string each).
+The transport only: it brings the objects and hands them to an ObjectStore (kubestore.KubeStore
+applies them to the identity index).  One thread per kind.  Each lists (paged, raw JSON: no
+`kubernetes` model objects for 100k pods), then watches from the list's resourceVersion with
+bookmarks, parsing the chunked stream line by line.  A 410 Gone (an expired resourceVersion, after
+compaction or an API server restart) means relist, which the store diffs against what it holds, so
+nothing deleted meanwhile stays and nothing added is lost.  A watch the server ends reconnects
+from the last resourceVersion; an API server that cannot be reached is retried every
+RECONNECT_CAP_S at most (jittered), however long the outage, and re-listed as soon as it answers:
+a pod deleted and its IP reused meanwhile is named right within seconds.  `ready` turns true once
+every kind has synced.
 """
 
 from __future__ import annotations
@@ -19,23 +18,21 @@ import contextlib
 import json
 import os
 import random
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import urllib3
 
 from podwire import log
 from podwire.identity import slim
-from podwire.identity.index import NEG_INF, IdentityIndex, canonical_ip, make_identity
-from podwire.model import Identity, IdentityKind
+from podwire.identity.index import NEG_INF
+from podwire.identity.kubestore import BAD_OBJECT, OWNER_KINDS
 
 _log = log.get("podwire.identity.kube")
-_intern = sys.intern
 _loads = json.loads
 
 # kind -> (API group for messages, resource, list path)
@@ -51,7 +48,16 @@ REQUIRED_RULES = "get/list/watch on pods, services, nodes, replicasets.apps, job
 PAGE_SIZE = 5000
 RECONNECT_CAP_S = 2.0  # retry an unreachable API server at least this often, whatever the outage
 OWNER_WAIT_S = 30.0  # pods wait this long for ReplicaSets/Jobs to sync, so owners resolve at once
-TERMINATED = ("Succeeded", "Failed")  # the kubelet released the pod's IP; it may be reused
+
+
+class ObjectStore(Protocol):
+    """Where listed and watched objects go (kubestore.KubeStore: the identity index)."""
+
+    def apply(self, kind: str, etype: str, obj: Any, at: float) -> None:
+        """One ADDED/MODIFIED/DELETED object; raises one of BAD_OBJECT if it is malformed."""
+
+    def replace(self, kind: str, objects: Iterable[Any], at: float) -> int:
+        """A full list of `kind`; returns how many objects were malformed."""
 
 
 class KubeConfigError(RuntimeError):
@@ -171,6 +177,16 @@ def in_cluster(
     )
 
 
+class _Listed:
+    """What a full list returned besides its objects."""
+
+    __slots__ = ("count", "rv")
+
+    def __init__(self) -> None:
+        self.rv = ""
+        self.count = 0
+
+
 class _KindState:
     __slots__ = (
         "apply_s",
@@ -213,11 +229,11 @@ class _KindState:
 
 
 class KubeSource:
-    """Feeds an IdentityIndex from the Kubernetes API.  `start()` spawns the watch threads."""
+    """Feeds an ObjectStore from the Kubernetes API.  `start()` spawns the watch threads."""
 
     def __init__(
         self,
-        index: IdentityIndex,
+        store: ObjectStore,
         api_client: Any,
         *,
         kinds: tuple[str, ...] = tuple(KINDS),
@@ -230,7 +246,7 @@ class KubeSource:
         unknown = [k for k in kinds if k not in KINDS]
         if unknown:
             raise ValueError(f"unknown kinds {unknown}; known: {', '.join(KINDS)}")
-        self.index = index
+        self.store = store
         self.api = api_client
         self.page_size = page_size
         self.watch_timeout_s = watch_timeout_s
@@ -240,13 +256,6 @@ class KubeSource:
         self._states = {k: _KindState(k) for k in kinds}
         self._stop = threading.Event()
         self._synced = {k: threading.Event() for k in kinds}
-        # Owners: "ns/name" -> the ReplicaSet's Deployment / the Job's CronJob ("" = none).
-        self._rs_owner: dict[str, str] = {}
-        self._job_owner: dict[str, str] = {}
-        # Pods whose ReplicaSet/Job was unknown when seen: "rs:ns/name" -> pod keys.
-        self._pending: dict[str, set[str]] = {}
-        self._pending_of: dict[str, str] = {}  # pod key -> its pending owner key
-        self._owner_lock = threading.Lock()
         self._start_time: float | None = None
         self.first_sync_s: float | None = None
         self._rng = random.Random()  # noqa: S311 - jitter, not secrets
@@ -490,15 +499,18 @@ class KubeSource:
         kind = state.kind
         relist = state.lists > 0
         at = self._clock() if relist else NEG_INF  # the first list: held since before we looked
+        listed = _Listed()
+        state.bad_objects += self.store.replace(kind, self._items(state, listed), at)
+        state.rv = listed.rv
+        state.objects = listed.count
+        state.lists += 1
+        _log.debug("kube_listed", kind=kind, objects=listed.count, resource_version=listed.rv, relist=relist)
+
+    def _items(self, state: _KindState, listed: _Listed) -> Iterator[Any]:
+        """The objects of a full list, page by page (one page decoded at a time)."""
+        kind = state.kind
         decoder = slim.list_decoder(kind)
-        seen: set[str] = set()
-        fresh: dict[str, str] = {}
-        owners = kind in ("replicasets", "jobs")
-        top_kind = "Deployment" if kind == "replicasets" else "CronJob"
-        apply = self._appliers[kind]
         cont = ""
-        rv = ""
-        count = 0
         while True:
             params: dict[str, Any] = {"limit": self.page_size}
             if cont:
@@ -517,37 +529,13 @@ class KubeSource:
             except msgspec.DecodeError as exc:
                 raise _ApiError(500, f"undecodable {kind} list: {exc}") from None
             del data
-            rv = page.metadata.resourceVersion or rv
-            count += len(page.items)
-            if owners:
-                for obj in page.items:
-                    m = obj.metadata
-                    fresh[_intern(m.namespace) + "/" + m.name] = _controller_name(m, top_kind)
-            else:
-                for obj in page.items:
-                    try:
-                        key = apply(self, "ADDED", obj, at)
-                    except (ValueError, TypeError, AttributeError, KeyError) as exc:
-                        state.bad_objects += 1
-                        _log.debug("kube_bad_object", kind=kind, error=repr(exc))
-                        continue
-                    if key is not None:
-                        seen.add(key)
+            listed.rv = page.metadata.resourceVersion or listed.rv
+            listed.count += len(page.items)
+            yield from page.items
             cont = page.metadata.continue_
             del page
             if not cont:
-                break
-        if owners:
-            self._replace_owners(kind, fresh, at)
-        else:
-            prefix = _PREFIX[kind]
-            gone = self.index.retain(lambda k: not k.startswith(prefix) or k in seen, at=at)
-            if gone:
-                _log.info("kube_relist_removed", kind=kind, removed=gone)
-        state.rv = rv
-        state.objects = count
-        state.lists += 1
-        _log.debug("kube_listed", kind=kind, objects=count, resource_version=rv, relist=relist)
+                return
 
     def _watch(self, state: _KindState) -> None:
         kind = state.kind
@@ -592,7 +580,7 @@ class KubeSource:
             resp.close()  # never pool a connection we may have shut down
             resp.release_conn()
 
-    # ---- applying events --------------------------------------------------------------------
+    # ---- watch events -----------------------------------------------------------------------
 
     def apply_line(self, kind: str, line: bytes) -> None:
         """Decode and apply one watch event (a JSON line).  Raises _Gone on a 410 ERROR event."""
@@ -613,12 +601,12 @@ class KubeSource:
             state.bookmarks += 1
             state.rv = obj.metadata.resourceVersion or state.rv
             return
-        if not obj.metadata.uid and kind not in ("replicasets", "jobs"):
+        if not obj.metadata.uid and kind not in OWNER_KINDS:
             state.bad_objects += 1
             return
         try:
-            self._appliers[kind](self, etype, obj, self._clock())
-        except (ValueError, TypeError, AttributeError, KeyError) as exc:  # e.g. a malformed pod IP
+            self.store.apply(kind, etype, obj, self._clock())
+        except BAD_OBJECT as exc:  # e.g. a malformed pod IP
             state.bad_objects += 1
             _log.debug("kube_bad_object", kind=kind, error=repr(exc))
         if obj.metadata.resourceVersion:
@@ -639,207 +627,6 @@ class KubeSource:
         if code == 403:
             self._raise_status(kind, 403, json.dumps(status).encode(), verb="watch")
         raise _ApiError(int(code or 500), message or "watch error")
-
-    def _apply_pod(self, etype: str, obj: slim.Pod, at: float) -> str | None:
-        meta = obj.metadata
-        key: str = "pod/" + meta.uid
-        status = obj.status
-        ips: list[str] = []
-        if etype != "DELETED" and status.phase not in TERMINATED:
-            for entry in status.podIPs:
-                if entry.ip:
-                    ips.append(entry.ip if ":" not in entry.ip else canonical_ip(entry.ip))
-            if not ips and status.podIP:
-                ips.append(canonical_ip(status.podIP))
-        if not ips:
-            self._forget_pending(key)
-            self.index.remove(key, at)
-            return None
-        node = obj.spec.nodeName or None
-        if obj.spec.hostNetwork:
-            self._forget_pending(key)
-            if not node:
-                self.index.remove(key, at)
-                return None
-            self.index.set(key, ips, make_identity(IdentityKind.NODE, node, node=node, host_network=True), at)
-            return key
-        kind, owner = _controller(meta)
-        with self._owner_lock:
-            ident = self._pod_identity(key, meta.namespace, meta.name, node, kind, owner, meta)
-            self.index.set(key, ips, ident, at)
-        return key
-
-    def _pod_identity(
-        self,
-        key: str,
-        ns: str,
-        name: str,
-        node: str | None,
-        kind: str | None,
-        owner: str,
-        meta: slim.Meta | None = None,
-    ) -> Identity:
-        """Call with _owner_lock held (it may file the pod as waiting for its owner)."""
-        workload, wkind = name, "Pod"
-        if kind == "ReplicaSet" or kind == "Job":
-            table = self._rs_owner if kind == "ReplicaSet" else self._job_owner
-            ref = ns + "/" + owner
-            top = table.get(ref)
-            if top is None:
-                # Owner not seen (yet): name it by the owner itself, or by the Deployment its
-                # generated name gives away, and fix it up when the owner arrives.
-                pkey = ("rs:" if kind == "ReplicaSet" else "job:") + ref
-                old = self._pending_of.get(key)
-                if old != pkey:
-                    if old is not None:
-                        self._drop_pending(key, old)
-                    self._pending.setdefault(pkey, set()).add(key)
-                    self._pending_of[key] = pkey
-                workload, wkind = owner, kind
-                hash_ = slim.labels(meta).get("pod-template-hash") if meta is not None else None
-                if kind == "ReplicaSet" and hash_ and owner.endswith("-" + hash_):
-                    workload, wkind = owner[: -len(hash_) - 1], "Deployment"
-            else:
-                if key in self._pending_of:
-                    self._drop_pending(key, self._pending_of[key])
-                if top:
-                    workload, wkind = top, "Deployment" if kind == "ReplicaSet" else "CronJob"
-                else:
-                    workload, wkind = owner, kind
-        elif kind is not None and owner:
-            workload, wkind = owner, kind  # StatefulSet, DaemonSet, or anything else that controls it
-        return make_identity(
-            IdentityKind.POD, name, namespace=ns, workload=workload, workload_kind=wkind, node=node
-        )
-
-    def _drop_pending(self, key: str, pkey: str) -> None:
-        self._pending_of.pop(key, None)
-        keys = self._pending.get(pkey)
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
-                del self._pending[pkey]
-
-    def _forget_pending(self, key: str) -> None:
-        if key in self._pending_of:
-            with self._owner_lock:
-                pkey = self._pending_of.get(key)
-                if pkey is not None:
-                    self._drop_pending(key, pkey)
-
-    def _apply_service(self, etype: str, obj: slim.Service, at: float) -> str | None:
-        meta = obj.metadata
-        key: str = "svc/" + meta.uid
-        ips: list[str] = []
-        if etype != "DELETED":
-            spec = obj.spec
-            for ip in spec.clusterIPs or ((spec.clusterIP,) if spec.clusterIP else ()):
-                if ip and ip != "None":
-                    ips.append(ip if ":" not in ip else canonical_ip(ip))
-        if not ips:
-            self.index.remove(key, at)
-            return None
-        self.index.set(key, ips, make_identity(IdentityKind.SERVICE, meta.name, namespace=meta.namespace), at)
-        return key
-
-    def _apply_node(self, etype: str, obj: slim.Node, at: float) -> str | None:
-        meta = obj.metadata
-        key: str = "node/" + meta.uid
-        ips: list[str] = []
-        if etype != "DELETED":
-            for addr in obj.status.addresses:
-                if addr.type == "InternalIP" and addr.address:
-                    try:
-                        ips.append(canonical_ip(addr.address))
-                    except ValueError:
-                        continue
-        if not ips:
-            self.index.remove(key, at)
-            return None
-        name = meta.name
-        self.index.set(key, ips, make_identity(IdentityKind.NODE, name, node=name), at)
-        return key
-
-    def _apply_rs(self, etype: str, obj: slim.Owned, at: float) -> str | None:
-        return self._set_owner(True, obj.metadata, etype, at)
-
-    def _apply_job(self, etype: str, obj: slim.Owned, at: float) -> str | None:
-        return self._set_owner(False, obj.metadata, etype, at)
-
-    def _set_owner(self, is_rs: bool, meta: slim.Meta, etype: str, at: float) -> str | None:
-        ref = _intern(meta.namespace) + "/" + meta.name
-        table = self._rs_owner if is_rs else self._job_owner
-        with self._owner_lock:
-            if etype == "DELETED":
-                # Its pods keep their names: they are going too, and history should say who they were.
-                table.pop(ref, None)
-                return None
-            top = _controller_name(meta, "Deployment" if is_rs else "CronJob")
-            old = table.get(ref)
-            table[ref] = top
-            if old != top:
-                self._owner_changed(is_rs, ref, old, at)
-        return None
-
-    def _owner_changed(self, is_rs: bool, ref: str, old: str | None, at: float) -> None:
-        """Rename the pods of owner `ref` (owner lock held): those that waited for it, and all of
-        them if it was adopted or orphaned (rare: then they are found by scanning)."""
-        waiting = self._pending.pop(("rs:" if is_rs else "job:") + ref, set())
-        for key in waiting:
-            self._pending_of.pop(key, None)
-        if old is not None:
-            waiting |= self._pods_of(ref, old)
-        kind = "ReplicaSet" if is_rs else "Job"
-        ns, _, name = ref.partition("/")
-        for key in waiting:
-            got = self.index.get(key)
-            if got is None:
-                continue
-            ident, ips = got
-            if ident.kind is not IdentityKind.POD:
-                continue
-            new = self._pod_identity(key, ns, ident.name, ident.node, kind, name)
-            if new != ident:
-                self.index.set(key, ips, new, at)
-
-    def _replace_owners(self, kind: str, fresh: dict[str, str], at: float) -> None:
-        is_rs = kind == "replicasets"
-        with self._owner_lock:
-            old = self._rs_owner if is_rs else self._job_owner
-            if is_rs:
-                self._rs_owner = fresh
-            else:
-                self._job_owner = fresh
-            prefix = "rs:" if is_rs else "job:"
-            for ref, top in fresh.items():
-                before = old.get(ref)
-                if before != top and (before is not None or prefix + ref in self._pending):
-                    self._owner_changed(is_rs, ref, before, at)
-
-    def _pods_of(self, ref: str, top: str) -> set[str]:
-        """Pod keys now named after owner `ref` (whose own owner was `top`): its pods are named
-        `<owner>-<suffix>`."""
-        ns, _, name = ref.partition("/")
-        out: set[str] = set()
-        for key in self.index.keys():  # noqa: SIM118 - a snapshot list, not a view
-            if not key.startswith("pod/"):
-                continue
-            got = self.index.get(key)
-            if got is None:
-                continue
-            ident = got[0]
-            named = ident.workload in (top or name, name)
-            if named and ident.namespace == ns and ident.name.startswith(name + "-"):
-                out.add(key)
-        return out
-
-    _appliers: dict[str, Callable[[KubeSource, str, Any, float], str | None]] = {
-        "pods": _apply_pod,
-        "services": _apply_service,
-        "nodes": _apply_node,
-        "replicasets": _apply_rs,
-        "jobs": _apply_job,
-    }
 
     # ---- stats ------------------------------------------------------------------------------
 
@@ -872,9 +659,6 @@ class KubeSource:
         return next(k for k in self.stats().kinds if k.kind == kind)
 
 
-_PREFIX = {"pods": "pod/", "services": "svc/", "nodes": "node/"}
-
-
 def _list_method(api: Any, kind: str) -> Callable[..., Any]:
     """The official client's list-or-watch call for a kind, across all namespaces."""
     from kubernetes import client
@@ -888,22 +672,6 @@ def _list_method(api: Any, kind: str) -> Callable[..., Any]:
     if kind == "replicasets":
         return client.AppsV1Api(api).list_replica_set_for_all_namespaces
     return client.BatchV1Api(api).list_job_for_all_namespaces
-
-
-def _controller(meta: slim.Meta) -> tuple[str | None, str]:
-    """(kind, name) of the controlling owner reference, else of the first one, else (None, '')."""
-    refs = meta.ownerReferences
-    if not refs:
-        return None, ""
-    for ref in refs:
-        if ref.controller:
-            return ref.kind, ref.name
-    return refs[0].kind, refs[0].name
-
-
-def _controller_name(meta: slim.Meta, kind: str) -> str:
-    k, name = _controller(meta)
-    return _intern(name) if k == kind and name else ""
 
 
 def _lines(resp: Any) -> Iterator[bytes]:

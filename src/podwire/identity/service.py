@@ -13,6 +13,7 @@ from podwire.identity import inventory as inventory_mod
 from podwire.identity.external import CidrError, ExternalNames, ExternalStats
 from podwire.identity.index import IdentityIndex, IndexStats
 from podwire.identity.kube import KubeConfigError, KubeSource, KubeStats, in_cluster, load_client
+from podwire.identity.kubestore import KubeStore
 from podwire.identity.naming import name_connection
 from podwire.model import ConnectionRecord, DnsAnswer, Identity, NamedConnection
 
@@ -122,7 +123,7 @@ def build_service(
                 api_client = load_client(settings.kubeconfig)
             except KubeConfigError as exc:
                 raise ConfigError([str(exc)]) from None
-        kube = KubeSource(index, api_client, clock=clock)
+        kube = KubeSource(KubeStore(index), api_client, clock=clock)
     return IdentityService(index, external, kube, inv)
 
 
