@@ -191,7 +191,7 @@ class Pipeline:
         if via is None:
             if len(self._via) >= _VIA_CACHE:
                 self._via.clear()
-            via = self._via[key] = dataclasses.replace(pod, service=named_server.name)
+            via = self._via[key] = msgspec.structs.replace(pod, service=named_server.name)
         return named_client, via
 
 

@@ -196,9 +196,12 @@ class IdentityKind(enum.StrEnum):
     EXTERNAL = "external"
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who held an address.  `name` is the pod, service, node or external name."""
+class Identity(msgspec.Struct, frozen=True, gc=False, cache_hash=True):
+    """Who held an address.  `name` is the pod, service, node or external name.
+
+    A frozen Struct with its hash cached: the sinks key per-edge caches by (client, server)
+    identities, looked up for every connection; a frozen dataclass hashed its eight fields in
+    Python each time (~0.8 us), this hashes once per object (~0.05 us after)."""
 
     kind: IdentityKind
     name: str
