@@ -19,13 +19,24 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import msgspec
+
 from podwire.config import Settings
-from podwire.model import ConnectionOpened, Endpoint, Identity, IdentityKind, NamedConnection, Side
+from podwire.model import (
+    UNKNOWN_EXTERNAL,
+    ConnectionOpened,
+    Endpoint,
+    Identity,
+    IdentityKind,
+    NamedConnection,
+    Side,
+)
 from podwire.telemetry.metrics import counts_here
 
 
-@dataclass(frozen=True, slots=True)
-class Node:
+# Node and Stored are built per connection: frozen Structs (~0.1 us each, where a frozen dataclass
+# took ~1.6 us), untracked by the collector (they hold strings and frozen values, never a cycle).
+class Node(msgspec.Struct, frozen=True, gc=False):
     """A node of the graph: a workload (pods), a Service, a node, or an external peer."""
 
     id: str
@@ -42,13 +53,12 @@ def node_of(identity: Identity, endpoint: Endpoint) -> Node:
     if identity.kind is IdentityKind.SERVICE:
         ns = identity.namespace or ""
         return Node(f"svc:{ns}/{identity.name}", identity.name, ns, "service")
-    if identity.kind is IdentityKind.EXTERNAL and identity.name == "external":
+    if identity.kind is IdentityKind.EXTERNAL and identity.name == UNKNOWN_EXTERNAL.name:
         return Node(f"ip:{endpoint.address}", endpoint.address, "", "external")
     return Node(f"{identity.kind}:{identity.name}", identity.name, "", str(identity.kind))
 
 
-@dataclass(frozen=True, slots=True)
-class Stored:
+class Stored(msgspec.Struct, frozen=True, gc=False):
     """One connection in the store; `id` is unique for this agent's lifetime."""
 
     id: int
@@ -108,6 +118,10 @@ class ConnectionStore:
         # edge -> (source, target, connections open now); least recently touched first
         self._open: OrderedDict[EdgeKey, tuple[Node, Node, int]] = OrderedDict()
         self._ids = itertools.count(1)
+        # node_of per identity, built once (every connection looks up both ends twice); as many as
+        # the open counters can name, then it starts over
+        self._nodes: dict[Identity | str, Node] = {}
+        self._max_nodes = 2 * self.limits.max_edges
         self.instance = secrets.token_hex(4)  # makes ids unique across agents (the TLS API's ids)
         self.started = clock()
 
@@ -116,7 +130,7 @@ class ConnectionStore:
     def on_opened(self, event: ConnectionOpened, client: Identity, server: Identity) -> None:
         if not self._counts(event.observed_side, client):
             return
-        source, target = node_of(client, event.client), node_of(server, event.server)
+        source, target = self._node(client, event.client), self._node(server, event.server)
         with self._lock:
             self._bump(source, target, +1)
 
@@ -124,7 +138,7 @@ class ConnectionStore:
         r = conn.record
         if not self._counts(r.observed_side, conn.client):
             return
-        source, target = node_of(conn.client, r.client), node_of(conn.server, r.server)
+        source, target = self._node(conn.client, r.client), self._node(conn.server, r.server)
         now = self._clock()
         with self._lock:
             if r.server_isn is not None and not r.started_before_capture:
@@ -134,6 +148,17 @@ class ConnectionStore:
             self._by_id[entry.id] = entry
             self.stats.stored += 1
             self._evict(now)
+
+    def _node(self, identity: Identity, endpoint: Endpoint) -> Node:
+        # the unnamed external peer is drawn per address (node_of): cache it by address
+        unnamed = identity.kind is IdentityKind.EXTERNAL and identity.name == UNKNOWN_EXTERNAL.name
+        key: Identity | str = endpoint.address if unnamed else identity
+        node = self._nodes.get(key)
+        if node is None:
+            if len(self._nodes) >= self._max_nodes:
+                self._nodes.clear()
+            node = self._nodes[key] = node_of(identity, endpoint)
+        return node
 
     # --- bounds --------------------------------------------------------------------------------
 
