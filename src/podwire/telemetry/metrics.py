@@ -193,9 +193,8 @@ class _Edge:
         "retrans_conns",
         "rtt",
         "sg_attrs",
-        "sg_client",
         "sg_failed",
-        "sg_server",
+        "sg_seconds",
         "sg_total",
         "start_ns",
     )
@@ -214,8 +213,8 @@ class _Edge:
         self.hs = _Hist(n.HANDSHAKE_DURATION_BUCKETS)
         self.sg_total = 0
         self.sg_failed = 0
-        self.sg_server = _Hist(buckets)
-        self.sg_client = _Hist(buckets)
+        # both seconds histograms (server and client) get the same wire duration: kept once
+        self.sg_seconds = _Hist(buckets)
         # socket stats
         self.rtt = _Hist(n.RTT_BUCKETS)
         self.min_rtt = float("inf")
@@ -229,7 +228,7 @@ class _Edge:
         e.resets, e.active, e.active_seen = self.resets.copy(), self.active, self.active_seen
         e.dur, e.hs = self.dur.copy(), self.hs.copy()
         e.sg_total, e.sg_failed = self.sg_total, self.sg_failed
-        e.sg_server, e.sg_client = self.sg_server.copy(), self.sg_client.copy()
+        e.sg_seconds = self.sg_seconds.copy()
         e.rtt, e.min_rtt = self.rtt.copy(), self.min_rtt
         e.retrans, e.retrans_conns = self.retrans.copy(), self.retrans_conns.copy()
         return e
@@ -543,6 +542,9 @@ class MetricsSink:
         self._cfg = labels
         self._clock_ns = clock_ns
         self._edges: dict[tuple[object, ...], _Edge] = {}
+        # (client, server, server port[, client port]) -> its edge: the label key built once per
+        # pair of identities, not per event; bounded like the edges, then it starts over
+        self._by_ends: dict[tuple[object, ...], _Edge] = {}
         self._overflow: _Edge | None = None
         # opened connections awaiting their record (active gauge); bounded like the tracker's table
         self._open: OrderedDict[_OpenKey, _Edge] = OrderedDict()
@@ -564,6 +566,12 @@ class MetricsSink:
 
     def _edge(self, client: Identity, server: Identity, server_port: int, client_port: int) -> _Edge:
         cfg = self._cfg
+        ends = (
+            (client, server, server_port, client_port) if cfg.client_port else (client, server, server_port)
+        )
+        edge = self._by_ends.get(ends)
+        if edge is not None:
+            return edge
         key: tuple[object, ...] = (
             client.workload_name,
             _kind(client),
@@ -582,15 +590,16 @@ class MetricsSink:
         if cfg.client_port:
             key += (client_port,)
         edge = self._edges.get(key)
-        if edge is not None:
-            return edge
-        if len(self._edges) >= cfg.max_series:
-            self.series_dropped += 1
-            if self._overflow is None:
-                self._overflow = _overflow_edge(cfg, self._clock_ns())
-            return self._overflow
-        edge = self._new_edge(key, client, server)
-        self._edges[key] = edge
+        if edge is None:
+            if len(self._edges) >= cfg.max_series:
+                self.series_dropped += 1  # per connection past the bound: never cached
+                if self._overflow is None:
+                    self._overflow = _overflow_edge(cfg, self._clock_ns())
+                return self._overflow
+            edge = self._edges[key] = self._new_edge(key, client, server)
+        if len(self._by_ends) >= cfg.max_series:
+            self._by_ends.clear()
+        self._by_ends[ends] = edge
         return edge
 
     def _new_edge(self, key: tuple[object, ...], client: Identity, server: Identity) -> _Edge:
@@ -745,8 +754,7 @@ class MetricsSink:
                 edge.sg_total += 1
                 if outcome in _FAILED:
                     edge.sg_failed += 1
-                edge.sg_server.record(seconds)
-                edge.sg_client.record(seconds)
+                edge.sg_seconds.record(seconds)
 
     # -- collection --
 
@@ -804,8 +812,8 @@ class MetricsSink:
                 hs.append(_hist_point(e.hs, a, t0, now))
             if e.sg_total:
                 sg_total.append(NumberDataPoint(e.sg_attrs, t0, now, e.sg_total))
-                sg_server.append(_hist_point(e.sg_server, e.sg_attrs, t0, now))
-                sg_client.append(_hist_point(e.sg_client, e.sg_attrs, t0, now))
+                sg_server.append(_hist_point(e.sg_seconds, e.sg_attrs, t0, now))
+                sg_client.append(_hist_point(e.sg_seconds, e.sg_attrs, t0, now))
             if e.sg_failed:
                 sg_failed.append(NumberDataPoint(e.sg_attrs, t0, now, e.sg_failed))
             if e.rtt.count:
