@@ -64,6 +64,8 @@ class SpanMetricsSink:
         self._buckets = buckets
         self._clock_ns = clock_ns
         self._series: dict[_SeriesKey, _Series] = {}
+        # (client, server, server port, observed side, failed) -> the series its ends count into
+        self._by_ends: dict[tuple[object, ...], tuple[_Series, ...]] = {}
         self._lock = threading.Lock()
         self.series_dropped = 0
 
@@ -79,51 +81,68 @@ class SpanMetricsSink:
         rec = conn.record
         if not has_span(rec):
             return
-        client_end, server_end = span_ends(rec, conn.client, conn.server)
-        if not (client_end or server_end):
-            return
-        status = n.SM_STATUS_ERROR if rec.outcome in _FAILED else n.SM_STATUS_UNSET
+        failed = rec.outcome in _FAILED
+        # the series a connection counts into depend only on these: looked up, not rebuilt, per connection
+        ends = (conn.client, conn.server, rec.server.port, rec.observed_side, failed)
         seconds = rec.duration_s if rec.duration_s is not None else 0.0
-        port = rec.server.port
         with self._lock:
-            if client_end:
-                self._count(
-                    conn.client,
-                    SpanKind.CLIENT,
-                    span_name(SpanKind.CLIENT, conn.server, port),
-                    status,
-                    seconds,
-                )
-            if server_end:
-                self._count(
-                    conn.server,
-                    SpanKind.SERVER,
-                    span_name(SpanKind.SERVER, conn.server, port),
-                    status,
-                    seconds,
-                )
+            found = self._by_ends.get(ends)
+            if found is None:
+                found = self._find(conn, failed)
+            for series in found:
+                series.calls += 1
+                series.latency.record(seconds)
 
-    def _count(self, local: Identity, kind: SpanKind, name: str, status: str, seconds: float) -> None:
-        service = local.workload_name
-        kind_label = n.SM_KIND_SERVER if kind is SpanKind.SERVER else n.SM_KIND_CLIENT
+    def _find(self, conn: NamedConnection, failed: bool) -> tuple[_Series, ...]:
+        """The series of a connection's ends (none, one or both); cached unless one is past the bound."""
+        rec = conn.record
+        client_end, server_end = span_ends(rec, conn.client, conn.server)
+        status = n.SM_STATUS_ERROR if failed else n.SM_STATUS_UNSET
+        port = rec.server.port
+        found: list[_Series] = []
+        cache = True
+        if client_end:
+            name = span_name(SpanKind.CLIENT, conn.server, port)
+            series, kept = self._series_for(conn.client.workload_name, name, n.SM_KIND_CLIENT, status)
+            found.append(series)
+            cache = cache and kept
+        if server_end:
+            name = span_name(SpanKind.SERVER, conn.server, port)
+            series, kept = self._series_for(conn.server.workload_name, name, n.SM_KIND_SERVER, status)
+            found.append(series)
+            cache = cache and kept
+        out = tuple(found)
+        if cache:  # past the bound, every call is counted as dropped: never cached
+            if len(self._by_ends) >= self._max_series:
+                self._by_ends.clear()
+            self._by_ends[(conn.client, conn.server, port, rec.observed_side, failed)] = out
+        return out
+
+    def _series_for(self, service: str, name: str, kind_label: str, status: str) -> tuple[_Series, bool]:
+        """The series of a label set, made if new; False when it folded into overflow."""
         key = (service, name, kind_label, status)
         series = self._series.get(key)
+        if series is not None:
+            return series, True
+        if len(self._series) < self._max_series:
+            series = self._series[key] = self._make(key)
+            return series, True
+        self.series_dropped += 1
+        key = (n.OVERFLOW, n.OVERFLOW, kind_label, status)
+        series = self._series.get(key)
         if series is None:
-            if len(self._series) >= self._max_series:
-                self.series_dropped += 1
-                key = (n.OVERFLOW, n.OVERFLOW, kind_label, status)
-                series = self._series.get(key)
-            if series is None:
-                attrs: dict[str, str | int] = {
-                    n.SM_SERVICE: key[0],
-                    n.SM_SPAN_NAME: key[1],
-                    n.SM_SPAN_KIND: key[2],
-                    n.SM_STATUS_CODE: key[3],
-                }
-                # the overflow series may pass the cap by the 4 (kind, status) pairs: still bounded
-                series = self._series[key] = _Series(attrs, self._clock_ns(), self._buckets)
-        series.calls += 1
-        series.latency.record(seconds)
+            # the overflow series may pass the cap by the 4 (kind, status) pairs: still bounded
+            series = self._series[key] = self._make(key)
+        return series, False
+
+    def _make(self, key: _SeriesKey) -> _Series:
+        attrs: dict[str, str | int] = {
+            n.SM_SERVICE: key[0],
+            n.SM_SPAN_NAME: key[1],
+            n.SM_SPAN_KIND: key[2],
+            n.SM_STATUS_CODE: key[3],
+        }
+        return _Series(attrs, self._clock_ns(), self._buckets)
 
     @property
     def series(self) -> int:
