@@ -322,3 +322,27 @@ def test_active_gauge_stays_exact_when_the_open_table_evicts() -> None:
     for rec in recs:
         sink.on_connection(named(rec, web, db))
     assert active() == 0  # its late record does not drive the gauge below zero
+
+
+def test_one_pair_of_identities_keeps_its_ports_apart() -> None:
+    """The edge of a (client, server) pair is cached: the ports (and the client port when labelled)
+    still pick the series, and the same pair again counts into the same series."""
+    from podwire.telemetry.metrics import LabelConfig, MetricsSink
+
+    web, db = pod("web"), pod("db")
+
+    def connections(sink: MetricsSink) -> dict[tuple[object, object], float]:
+        (metric,) = [m for m in sink.produce() if m.name == n.TCP_CONNECTIONS]
+        return {
+            (p.attributes.get(n.SERVER_PORT), p.attributes.get(n.CLIENT_PORT)): p.value  # type: ignore[union-attr]
+            for p in metric.data.data_points  # type: ignore[union-attr]
+        }
+
+    for client_port in (False, True):
+        sink = MetricsSink(LabelConfig(client_port=client_port))
+        for server_port, from_port in ((80, 5001), (443, 5001), (80, 5002), (80, 5001)):
+            sink.on_connection(named(record(server_port=server_port, client_port=from_port), web, db))
+        if client_port:
+            assert connections(sink) == {(80, 5001): 2, (443, 5001): 1, (80, 5002): 1}
+        else:
+            assert connections(sink) == {(80, None): 3, (443, None): 1}

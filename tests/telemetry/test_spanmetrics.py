@@ -96,3 +96,21 @@ def test_series_are_capped_and_the_rest_fold_into_overflow() -> None:
     got = calls(sink)
     assert got[(n.OVERFLOW, n.OVERFLOW, CLIENT, OK)] == 3 and sum(got.values()) == 5
     assert sink.series_dropped == 3 and sink.series == 3
+
+
+def test_one_pair_counts_by_side_and_status_when_its_series_are_cached() -> None:
+    sink = SpanMetricsSink()
+    web, db = pod("web"), pod("db")
+    for outcome, side in (
+        (Outcome.CLOSED, Side.CLIENT),
+        (Outcome.RESET, Side.CLIENT),
+        (Outcome.CLOSED, Side.SERVER),
+        (Outcome.CLOSED, Side.CLIENT),
+        (Outcome.CLOSED, None),  # a replay: both ends here
+    ):
+        sink.on_connection(named(record(outcome, side=side, server_port=5432), web, db))
+    assert calls(sink) == {
+        ("web", "tcp connect shop/db:5432", CLIENT, OK): 3,
+        ("web", "tcp connect shop/db:5432", CLIENT, ERR): 1,
+        ("db", "tcp accept shop/db:5432", SERVER, OK): 2,
+    }

@@ -93,6 +93,17 @@ def test_nodes_are_workloads_services_and_peers() -> None:
     assert node_of(external("github.com"), e).id == "external:github.com"
 
 
+def test_the_unnamed_external_peer_is_a_node_per_address_also_when_cached() -> None:
+    from podwire.model import UNKNOWN_EXTERNAL
+
+    store = ConnectionStore(clock=Clock())
+    web = pod("web")
+    for address in ("203.0.113.9", "198.51.100.7", "203.0.113.9"):
+        store.on_connection(named(record(server_ip=address), web, UNKNOWN_EXTERNAL))
+    items = ng.edge_items(*store.snapshot(), ng.Filter())
+    assert sorted((i.target.id, i.closed) for i in items) == [("ip:198.51.100.7", 1), ("ip:203.0.113.9", 2)]
+
+
 def test_outcomes_bytes_and_durations_per_edge() -> None:
     store = ConnectionStore(clock=Clock())
     web, db = pod("web"), pod("db", kind="StatefulSet")
