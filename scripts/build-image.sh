@@ -5,7 +5,8 @@
 # (the Dockerfile's PYTHON_IMAGE build argument). Then, inside the image: `podwire --version`
 # and `podwire replay` of a test pcap; prints the image size.
 #
-#   bash scripts/build-image.sh [PCAP]        (as root; needs podman and debootstrap)
+#   bash scripts/build-image.sh [PCAP]        (as root; needs podman, runc and debootstrap)
+#   bash scripts/build-image.sh --base        only the cached base (scripts/setup.sh --test runs this)
 #
 # The root filesystem is cached outside the clone ($PODWIRE_IMAGE_CACHE, default
 # /var/cache/podwire-image), like the Go-built peers. The Debian mirror is the one this
@@ -32,6 +33,7 @@ fi
 if ! podman image exists "$BASE"; then
     tar -C "$ROOTFS" --exclude=./.complete -c . | podman import --change 'CMD ["/bin/bash"]' - "$BASE" >/dev/null
 fi
+[ "${1:-}" = --base ] && exit 0
 # This machine's pip settings and CA bundle (a proxy may re-sign TLS) for the build steps only:
 # mounted, never copied into a layer.
 mounts=()
@@ -40,15 +42,22 @@ for f in /etc/pip.conf /etc/ssl/certs/ca-certificates.crt; do
 done
 # --isolation=chroot: RUN steps without an OCI runtime (crun refuses this kernel's hybrid cgroups).
 podman build --isolation=chroot --network=host "${mounts[@]}" --build-arg PYTHON_IMAGE="$BASE" -t "$IMAGE" .
-# Run inside the image's file system as its user. Not `podman run`: on this project's machines crun
-# cannot create the container (setrlimit RLIMIT_NPROC: operation not permitted, and hybrid
-# cgroups), so the image is mounted and its entrypoint run with chroot instead.
-root=$(podman image mount "$IMAGE")
-trap 'umount "$root/mnt" 2>/dev/null || true; podman image unmount "$IMAGE" >/dev/null' EXIT
-user=$(podman image inspect --format '{{.Config.User}}' "$IMAGE")
-chroot --userspec="$user" "$root" /opt/podwire/bin/podwire --version
+# The previous build's layers, untagged by this one: half a gigabyte each, not kept.
+podman image prune -f >/dev/null
+# Run it: a real container (own mount, pid, ipc, uts and network namespaces), as the image's user,
+# with no capabilities, a read-only root and no network: all that `--version` and `replay` need.
+# runc, not crun: crun refuses this kernel's hybrid cgroup layout (cgroup v1 controllers plus a
+# cgroup2 mount holding hugetlb: "cgroups in hybrid mode not supported"), runc drives the v1 ones.
+# Explicit rlimits: the machine withholds CAP_SYS_RESOURCE, so no process here can raise a hard
+# limit, and podman lowers its own RLIMIT_NPROC hard limit to 32768 at start; its defaults (nofile
+# 1048576, nproc = the host's) then fail in the runtime with setrlimit: EPERM.
+nofile=$(ulimit -Hn)
+[ "$nofile" = unlimited ] && nofile=1048576
+run=(podman --runtime runc run --rm --network=none --read-only --cap-drop=all
+    --ulimit "nofile=$nofile:$nofile" --ulimit nproc=4096:4096)
+"${run[@]}" "$IMAGE" --version
 if [ -n "${1:-}" ]; then
-    mount --bind "$(dirname "$(realpath "$1")")" "$root/mnt"
-    chroot --userspec="$user" "$root" /opt/podwire/bin/podwire replay "/mnt/$(basename "$1")" --log-level error
+    "${run[@]}" -v "$(dirname "$(realpath "$1")"):/mnt:ro" "$IMAGE" \
+        replay "/mnt/$(basename "$1")" --format jsonl --log-level error
 fi
 podman image inspect --format 'image size: {{.Size}} bytes' "$IMAGE"

@@ -9,7 +9,7 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 runtime_pkgs=(libpcap0.8 iproute2 nftables nginx-light curl python3-venv)
-test_pkgs=(tshark tcpdump prometheus ca-certificates chromium)  # tshark: the oracle; prometheus: promtool and PromQL checks; chromium: the live page (tests/views)
+test_pkgs=(tshark tcpdump prometheus ca-certificates chromium podman runc netavark debootstrap)  # tshark: the oracle; prometheus: promtool and PromQL checks; chromium: the live page (tests/views); podman, runc, netavark, debootstrap: the image built and run (tests/shipping/test_image.py)
 
 need=()
 for p in "${runtime_pkgs[@]}" $([ $want_test = 1 ] && echo "${test_pkgs[@]}"); do
@@ -32,6 +32,7 @@ if [ $want_test = 1 ]; then
   bash tools/peers/build.sh
   [ -f tools/peers/build-otelcol.sh ] && bash tools/peers/build-otelcol.sh
   bash tools/peers/build-jaeger.sh  # the real trace backend of tests/shipping/test_live_demo_jaeger.py
+  bash scripts/build-image.sh --base  # the image's stand-in base, cached like the peers (tests/shipping/test_image.py)
 else
   .venv/bin/python -m pip install -q -e .
 fi

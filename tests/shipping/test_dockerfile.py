@@ -1,8 +1,7 @@
 """Dockerfile: every COPY source exists in the build context and survives .dockerignore,
 the stages are what issue 5 asks (slim Python base, runtime libpcap only, fixed non-root
 UID, OCI labels, `podwire run` entrypoint, no HEALTHCHECK), and hadolint passes.
-The image itself is built for real by scripts/build-image.sh (podman; not in CI: it needs a few
-minutes and a debootstrap root file system)."""
+The image itself is built and run for real by tests/shipping/test_image.py (scripts/build-image.sh)."""
 
 from __future__ import annotations
 
