@@ -64,14 +64,16 @@ def _ring(blocks: list[list[tuple[bytes, int]]], ifindex: int = 9, hatype: int =
     ring = mmap.mmap(-1, BLOCK * len(blocks))
     for b, frames in enumerate(blocks):
         base = b * BLOCK
+        used = FIRST  # blk_len: the block descriptor, then each frame with its header, aligned
         pos = base + FIRST
         for i, (buf, pkttype) in enumerate(frames):
             nxt = (MAC + len(buf) + 15) & ~15 if i < len(frames) - 1 else 0
+            used += (MAC + len(buf) + 15) & ~15
             _FRAME.pack_into(ring, pos, nxt, 1_700_000_000 + i, 250_000_000, len(buf), len(buf), 1, MAC)
             struct.pack_into("=iHB", ring, pos + 48 + 4, ifindex, hatype, pkttype)
             ring[pos + MAC : pos + MAC + len(buf)] = buf
             pos += nxt
-        struct.pack_into("=III", ring, base + 8, TP_STATUS_USER, len(frames), FIRST)
+        struct.pack_into("=IIII", ring, base + 8, TP_STATUS_USER, len(frames), FIRST, used)
     return ring
 
 
@@ -79,6 +81,7 @@ def _socket_over(ring: mmap.mmap, blocks: int) -> RingSocket:
     # drain() only touches the mapping and its cursor; no socket needed while blocks are ready.
     rs = object.__new__(RingSocket)
     rs._ring, rs._block_size, rs._block_nr, rs._block, rs.unknown_link = ring, BLOCK, blocks, 0, 0
+    rs.ring_bytes = 0
     return rs
 
 
@@ -91,7 +94,8 @@ def test_drain_yields_what_decoder_ethernet_yields_for_every_frame(inline: bool)
     ring = _ring(blocks)
     d = Decoder()
     out: list[Segment] = []
-    seen = _socket_over(ring, 2).drain({ARPHRD_ETHER: d.ethernet}, out, 0, d.stats if inline else None)
+    rs = _socket_over(ring, 2)
+    seen = rs.drain({ARPHRD_ETHER: d.ethernet}, out, 0, d.stats if inline else None)
 
     ref = Decoder()
     expected = []
@@ -105,6 +109,8 @@ def test_drain_yields_what_decoder_ethernet_yields_for_every_frame(inline: bool)
     assert sum(1 for s in out if s.from_local is False) > 0 and sum(1 for s in out if s.from_local) > 0
     assert d.stats.as_dict() == ref.stats.as_dict()
     assert d.stats.segments == len(expected) >= 20
+    rs_bytes = sum((MAC + len(buf) + 15) & ~15 for buf, _ in tagged)
+    assert rs.ring_bytes == rs_bytes  # the blocks' blk_len, counted as they are drained
     for b in range(2):  # both blocks given back to the kernel
         assert struct.unpack_from("=I", ring, b * BLOCK + 8)[0] == TP_STATUS_KERNEL
 

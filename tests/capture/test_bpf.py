@@ -83,7 +83,8 @@ def test_filter_passes_exactly_the_control_segments_and_optionally_dns_answers(
     no_dns = compile_program(FilterOptions())
     dns = compile_program(FilterOptions(dns_answers=True))
     assert run(no_dns.instructions, frame) == (SNAPLEN_CONTROL if plain else 0)
-    assert run(dns.instructions, frame) == (SNAPLEN_DNS if with_dns else 0)
+    # a control segment keeps the short copy with DNS on; only DNS answers get the long one
+    assert run(dns.instructions, frame) == (SNAPLEN_CONTROL if plain else SNAPLEN_DNS if with_dns else 0)
 
 
 def test_expression_is_built_from_parts_and_repeated_behind_one_vlan_tag() -> None:
@@ -105,41 +106,66 @@ def test_extra_parts_widen_the_filter_for_later_features() -> None:
     assert run(prog.instructions, raw(ETH / V4 / TCP(dport=80, flags="S"))) > 0
 
 
-@pytest.mark.parametrize("dns", [False, True])
-def test_bytecode_matches_tcpdumps_own_libpcap_compilation(dns: bool) -> None:
+def _tcpdump(linktype: str, snaplen: int, text: str) -> tuple[tuple[int, ...], ...]:
     tcpdump = shutil.which("tcpdump") or "/usr/bin/tcpdump"
-    prog = compile_program(FilterOptions(dns_answers=dns))
     out = subprocess.run(
-        [tcpdump, "-ddd", "-y", "EN10MB", "-s", str(prog.snaplen), prog.expression],
+        [tcpdump, "-ddd", "-y", linktype, "-s", str(snaplen), text],
         check=True,
         capture_output=True,
         text=True,
     ).stdout.split("\n")
-    count = int(out[0])
-    theirs = tuple(tuple(int(v) for v in line.split()) for line in out[1 : 1 + count])
-    assert prog.instructions == theirs
-    assert prog.packed() and len(prog.packed()) == 8 * count
+    return tuple(tuple(int(v) for v in line.split()) for line in out[1 : 1 + int(out[0])])
 
 
-def test_snaplen_is_the_accept_value_and_reject_stays_zero() -> None:
-    prog = compile_program(FilterOptions(), snaplen=300)
+def _chained(stages: list[tuple[tuple[int, ...], ...]]) -> tuple[tuple[int, ...], ...]:
+    """tcpdump's programs of the stages, each reject but the last made a jump past its stage."""
+    out: list[tuple[int, ...]] = []
+    for n, prog in enumerate(stages):
+        for i, (code, jt, jf, k) in enumerate(prog):
+            if code == 0x06 and k == 0 and n < len(stages) - 1:
+                out.append((0x05, 0, 0, len(prog) - i - 1))
+            else:
+                out.append((code, jt, jf, k))
+    return tuple(out)
+
+
+@pytest.mark.parametrize("dns", [False, True])
+@pytest.mark.parametrize("extra", [False, True])
+def test_bytecode_is_tcpdumps_own_libpcap_compilation_of_each_stage(dns: bool, extra: bool) -> None:
+    opts = FilterOptions(
+        dns_answers=dns, extra_parts=("tcp dst port 443",) if extra else (), extra_snaplen=9000
+    )
+    prog = compile_program(opts)
+    assert [s.snaplen for s in prog.stages] == [SNAPLEN_CONTROL] + [SNAPLEN_DNS] * dns + [9000] * extra
+    theirs = [_tcpdump("EN10MB", s.snaplen, s.expression) for s in prog.stages]
+    assert [s.start for s in prog.stages] == [sum(len(t) for t in theirs[:n]) for n in range(len(theirs))]
+    assert prog.instructions == _chained(theirs)
+    assert prog.snaplen == max(s.snaplen for s in prog.stages)
+    assert prog.packed() and len(prog.packed()) == 8 * len(prog.instructions)
+
+
+def test_each_kind_of_frame_gets_its_own_accept_length_and_reject_stays_zero() -> None:
+    # With TLS on, a SYN must not be copied 24 KiB into the ring (one `ret #snaplen` did that).
+    prog = compile_program(
+        FilterOptions(dns_answers=True, extra_parts=("tcp dst port 443",), extra_snaplen=9000)
+    )
     rets = {k for code, _jt, _jf, k in prog.instructions if code == 0x06}
-    assert rets == {0, 300}
-    assert run(prog.instructions, raw(ETH / V4 / tcp("S"))) == 300
+    assert rets == {0, SNAPLEN_CONTROL, SNAPLEN_DNS, 9000}
+    assert run(prog.instructions, raw(ETH / V4 / tcp("S"))) == SNAPLEN_CONTROL
+    assert run(prog.instructions, raw(ETH / Dot1Q(vlan=9) / V6 / tcp("F"))) == SNAPLEN_CONTROL
+    assert run(prog.instructions, raw(ETH / V4 / UDP(sport=53, dport=4000) / b"a")) == SNAPLEN_DNS
+    hello = ETH / V4 / TCP(sport=40000, dport=443, flags="PA") / b"\x16\x03\x01"
+    assert run(prog.instructions, raw(hello)) == 9000
+    # a control segment to port 443 is judged by the first stage: the short copy
+    assert run(prog.instructions, raw(ETH / V4 / TCP(sport=40000, dport=443, flags="S"))) == SNAPLEN_CONTROL
+    assert run(prog.instructions, raw(ETH / V4 / tcp("PA") / b"x")) == 0
+    assert run(prog.instructions, raw(ETH / ARP())) == 0
 
 
 def test_raw_ip_program_matches_tcpdump_and_has_no_vlan_part() -> None:
-    prog = compile_program(FilterOptions(), linktype=12)
+    prog = compile_program(FilterOptions(extra_parts=("tcp dst port 443",)), linktype=12)
     assert "vlan" not in prog.expression
-    out = subprocess.run(
-        ["tcpdump", "-ddd", "-y", "RAW", "-s", str(prog.snaplen), prog.expression],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split("\n")
-    assert prog.instructions == tuple(
-        tuple(int(v) for v in line.split()) for line in out[1 : 1 + int(out[0])]
-    )
+    assert prog.instructions == _chained([_tcpdump("RAW", s.snaplen, s.expression) for s in prog.stages])
     assert run(prog.instructions, raw(V4 / tcp("S"))) == SNAPLEN_CONTROL
     assert run(prog.instructions, raw(V6 / tcp("R"))) == SNAPLEN_CONTROL
     assert run(prog.instructions, raw(V4 / tcp("A"))) == 0

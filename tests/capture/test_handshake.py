@@ -48,7 +48,7 @@ VERDICTS: list[tuple[str, Packet, bool]] = [
 
 @pytest.mark.parametrize(("case", "pkt", "passes"), VERDICTS, ids=[v[0] for v in VERDICTS])
 def test_kernel_part_passes_only_handshake_record_starts(case: str, pkt: Packet, passes: bool) -> None:
-    prog = compile_program(FilterOptions(extra_parts=FILTER_PARTS), snaplen=SNAPLEN_TLS)
+    prog = compile_program(FilterOptions(extra_parts=FILTER_PARTS, extra_snaplen=SNAPLEN_TLS))
     assert run(prog.instructions, raw(pkt)) == (SNAPLEN_TLS if passes else 0)
 
 
@@ -77,3 +77,18 @@ def test_tap_is_off_unless_asked() -> None:
     frame = raw(ETH / V4 / data(HELLO))
     dec.ethernet(frame, 0, len(frame), 1.0, 3)
     assert dec.take_tls() == [] and dec.stats.data == 1
+
+
+def test_the_chain_of_stages_judges_every_frame_as_the_single_libpcap_program_did() -> None:
+    # Splitting the filter into stages changes how much is copied, never whether a frame passes.
+    from podwire.capture.bpf import _compiled
+    from tests.capture.test_bpf import VERDICTS as CONTROL_VERDICTS
+
+    opts = FilterOptions(
+        dns_answers=True, dns_queries=True, extra_parts=FILTER_PARTS, extra_snaplen=SNAPLEN_TLS
+    )
+    chained = compile_program(opts)
+    single = _compiled(chained.expression, 1)
+    frames = [v[1] for v in VERDICTS] + [v[1] for v in CONTROL_VERDICTS]
+    for pkt in frames:
+        assert bool(run(chained.instructions, raw(pkt))) == bool(run(single, raw(pkt))), pkt.summary()

@@ -46,7 +46,7 @@ TP_STATUS_BLK_TMO: Final = 1 << 5
 ARPHRD_ETHER: Final = 1
 
 _REQ3 = struct.Struct("=7I")  # block_size, block_nr, frame_size, frame_nr, retire_blk_tov, priv, feature
-_BLOCK_HDR = struct.Struct("=III")  # block_status, num_pkts, offset_to_first_pkt  (at +8)
+_BLOCK_HDR = struct.Struct("=IIII")  # block_status, num_pkts, offset_to_first_pkt, blk_len (at +8)
 # next_offset, sec, nsec, snaplen, len, status, mac (+ tp_net, hv1), then sockaddr_ll: ifindex @52,
 # hatype @56, pkttype @58
 _FRAME_HDR = struct.Struct("=IIIIIIH26xiHB")
@@ -90,6 +90,7 @@ class RingSocket:
         "_ring",
         "drops",
         "kernel_packets",
+        "ring_bytes",
         "sock",
         "unknown_link",
     )
@@ -105,6 +106,7 @@ class RingSocket:
     ) -> None:
         self.drops = 0
         self.kernel_packets = 0
+        self.ring_bytes = 0
         self.unknown_link = 0  # frames of a link type with no decoder (counted as decode errors)
         self._block_size = block_kib * 1024
         self._block_nr = blocks
@@ -145,7 +147,7 @@ class RingSocket:
 
     def pending(self) -> int:
         """Frames in the block the kernel is filling now (not yet handed to user space)."""
-        status, num, _first = _BLOCK_HDR.unpack_from(self._ring, self._block * self._block_size + 8)
+        status, num, _first, _len = _BLOCK_HDR.unpack_from(self._ring, self._block * self._block_size + 8)
         return 0 if status & TP_STATUS_USER else int(num)
 
     def ready(self) -> bool:
@@ -189,9 +191,12 @@ class RingSocket:
         new = _new
         while True:
             base = block * size
-            status, num, first = unpack_block(ring, base + 8)
+            status, num, first, used = unpack_block(ring, base + 8)
             if not status & TP_STATUS_USER:
                 break
+            self.ring_bytes += (
+                used - first
+            )  # the frames and their headers (what the filter's snap lengths cost)
             pos = base + first
             for _ in range(num):
                 nxt, sec, nsec, snaplen, _len, _st, mac, point, hatype, pkttype = unpack_frame(ring, pos)

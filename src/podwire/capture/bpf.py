@@ -17,6 +17,19 @@ shell): scapy costs ~40 MB of resident memory that the agent would otherwise kee
 life to use once.  The child prints the instructions; the result is cached per expression and
 link type.  The accept value (how many bytes the kernel copies) is replaced by our
 snap length: headers are all we read, and a GSO'd FIN can otherwise copy 64 KiB into the ring.
+
+One accept length per kind of frame.  A classic program returns one number per verdict, and
+libpcap compiles `a or b` into one program with one `ret #snaplen`; with TLS on, that would copy
+every SYN/FIN/RST up to 24 KiB.  So the filter is a chain of *stages*, each compiled on its own
+and each with its own accept length: TCP control (`SNAPLEN_CONTROL`), then DNS (`SNAPLEN_DNS`),
+then the extra parts (TLS handshake records, `extra_snaplen`).  A stage's reject (`ret #0`)
+becomes `ja` to the next stage (BPF_JA has a 32-bit offset; a conditional jump reaches only 255
+ahead); the last stage keeps its `ret #0`.  The stages run in this order because a load past the
+end of the frame ends the whole program with 0: the TLS stage loads payload bytes, which a bare
+SYN or FIN does not have, so it must come after the control stage has taken those.  The order is
+also the one libpcap used for the single expression, so every verdict is the same as before; only
+the length changes.  The chain stays one self-contained program (relative jumps only), so the
+interface prelude (prelude.py) appends it whole as before.
 """
 
 from __future__ import annotations
@@ -34,6 +47,7 @@ _DNS_ANSWERS = "(udp src port 53)"
 _DNS_QUERIES = "(udp dst port 53)"
 
 BPF_RET_K = 0x06  # BPF_RET | BPF_K
+BPF_JA = 0x05  # BPF_JMP | BPF_JA
 _INSN = struct.Struct("=HBBI")  # struct sock_filter
 _FPROG = struct.Struct("=HxxxxxxQ")  # struct sock_fprog on 64-bit: len, pad, filter pointer
 SO_ATTACH_FILTER = 26  # asm-generic/socket.h (Python's socket module lacks it)
@@ -52,14 +66,25 @@ class FilterOptions:
 
     dns_answers: bool = False
     dns_queries: bool = False  # queries too, for DnsGuard to match answers against
-    extra_parts: tuple[str, ...] = ()  # more pcap-filter clauses, ORed in (e.g. TLS records, later)
+    extra_parts: tuple[str, ...] = ()  # more pcap-filter clauses, ORed in (e.g. TLS handshake records)
+    extra_snaplen: int = SNAPLEN_CONTROL  # bytes copied of a frame that only an extra part accepts
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One link of the chain: its pcap-filter text, its accept length, its first instruction."""
+
+    expression: str
+    snaplen: int
+    start: int
 
 
 @dataclass(frozen=True, slots=True)
 class BpfProgram:
     expression: str
     instructions: tuple[tuple[int, int, int, int], ...]  # (code, jt, jf, k)
-    snaplen: int
+    snaplen: int  # the largest accept length
+    stages: tuple[Stage, ...] = ()
 
     def packed(self) -> bytes:
         """The `struct sock_filter` array for SO_ATTACH_FILTER."""
@@ -83,30 +108,47 @@ LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 12  # DLT_RAW: interfaces without a link header (tun, WireGuard)
 
 
-def expression(options: FilterOptions, vlan: bool = True) -> str:
-    """The pcap-filter text for `options`: the parts, then (Ethernet) the same parts behind one VLAN tag."""
-    parts = [_TCP4_CONTROL, _TCP6_CONTROL]
-    if options.dns_answers:
-        parts.append(_DNS_ANSWERS)
-    if options.dns_queries:
-        parts.append(_DNS_QUERIES)
-    parts.extend(f"({part})" for part in options.extra_parts)
+def stage_parts(options: FilterOptions) -> list[tuple[list[str], int]]:
+    """The chain's stages as (pcap-filter clauses, accept length), in the order they run."""
+    stages = [([_TCP4_CONTROL, _TCP6_CONTROL], SNAPLEN_CONTROL)]
+    dns = ([_DNS_ANSWERS] if options.dns_answers else []) + ([_DNS_QUERIES] if options.dns_queries else [])
+    if dns:
+        stages.append((dns, SNAPLEN_DNS))
+    if options.extra_parts:
+        stages.append(([f"({part})" for part in options.extra_parts], options.extra_snaplen))
+    return stages
+
+
+def _text(parts: list[str], vlan: bool) -> str:
+    """The parts ORed, then (Ethernet) the same parts behind one VLAN tag."""
     core = " or ".join(parts)
     return f"{core} or (vlan and ({core}))" if vlan else core
 
 
-def compile_program(
-    options: FilterOptions, snaplen: int | None = None, linktype: int = LINKTYPE_ETHERNET
-) -> BpfProgram:
-    """Compile with libpcap for `linktype` (EN10MB or RAW) and set the accept length to `snaplen`."""
-    if snaplen is None:
-        snaplen = SNAPLEN_DNS if options.dns_answers else SNAPLEN_CONTROL
-    text = expression(options, vlan=linktype == LINKTYPE_ETHERNET)
-    insns = [
-        (code, jt, jf, snaplen if code == BPF_RET_K and k != 0 else k)
-        for code, jt, jf, k in _compiled(text, linktype)
-    ]
-    return BpfProgram(text, tuple(insns), snaplen)
+def expression(options: FilterOptions, vlan: bool = True) -> str:
+    """The whole filter as one pcap-filter text (what the chain of stages accepts, for humans)."""
+    return _text([part for parts, _ in stage_parts(options) for part in parts], vlan)
+
+
+def compile_program(options: FilterOptions, linktype: int = LINKTYPE_ETHERNET) -> BpfProgram:
+    """Compile each stage with libpcap for `linktype` (EN10MB or RAW) and chain them (module doc)."""
+    vlan = linktype == LINKTYPE_ETHERNET
+    parts = stage_parts(options)
+    insns: list[tuple[int, int, int, int]] = []
+    stages: list[Stage] = []
+    for n, (clauses, snaplen) in enumerate(parts):
+        text = _text(clauses, vlan)
+        compiled = _compiled(text, linktype)
+        last = n == len(parts) - 1
+        stages.append(Stage(text, snaplen, len(insns)))
+        for i, (code, jt, jf, k) in enumerate(compiled):
+            if code == BPF_RET_K and k != 0:
+                insns.append((code, jt, jf, snaplen))
+            elif code == BPF_RET_K and not last:
+                insns.append((BPF_JA, 0, 0, len(compiled) - (i + 1)))  # reject: on to the next stage
+            else:
+                insns.append((code, jt, jf, k))
+    return BpfProgram(expression(options, vlan), tuple(insns), max(s for _, s in parts), tuple(stages))
 
 
 @functools.lru_cache(maxsize=16)

@@ -77,6 +77,7 @@ class CaptureStats:
     netlink_events: int
     interface_removals: dict[str, int]  # reason -> candidates removed (capture/interfaces.py REMOVED_*)
     filter_swaps: int  # kernel filter replacements (one per netlink batch that changed the set)
+    ring_bytes: int = 0  # bytes the kernel wrote into the ring: frames as the filter cut them + headers
 
 
 class LiveCapture:
@@ -99,11 +100,11 @@ class LiveCapture:
             dns_answers=settings.dns_names,
             dns_queries=settings.dns_names,
             extra_parts=FILTER_PARTS if settings.tls else (),
+            extra_snaplen=SNAPLEN_TLS,  # only handshake frames get the long copy (bpf.py: stages)
         )
-        snaplen = SNAPLEN_TLS if settings.tls else None  # one accept length for the whole program
         self._programs: dict[int, BpfProgram] = {
-            LINKTYPE_ETHERNET: program or compile_program(options, snaplen),
-            LINKTYPE_RAW: compile_program(options, snaplen, linktype=LINKTYPE_RAW),
+            LINKTYPE_ETHERNET: program or compile_program(options),
+            LINKTYPE_RAW: compile_program(options, linktype=LINKTYPE_RAW),
         }
         by_linktype: dict[int, Decode] = {
             LINKTYPE_ETHERNET: self._decoder.ethernet,
@@ -224,6 +225,7 @@ class LiveCapture:
             netlink_events=self._watch.events_seen,
             interface_removals=dict(self._watch.removals),
             filter_swaps=self._filter_swaps,
+            ring_bytes=self._ring.ring_bytes,
         )
 
     @property
