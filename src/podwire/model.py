@@ -86,6 +86,7 @@ class TlsInfo:
     alpn: str | None = None
     client_alpn: tuple[str, ...] = ()  # what the client offered
     client_versions: tuple[str, ...] = ()  # supported_versions offered (GREASE left out)
+    client_ciphers: tuple[str, ...] = ()  # cipher suites offered, in the client's order (GREASE left out)
     ja3: str | None = None
     ja3s: str | None = None
     ja4: str | None = None

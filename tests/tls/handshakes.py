@@ -85,6 +85,7 @@ def handshake(
     sni: str | None = "web.podwire.test",
     alpn: tuple[str, ...] = (),
     server_alpn: tuple[str, ...] = ("h2", "http/1.1"),
+    ciphers: str | None = None,  # the client's TLS <= 1.2 offer, in OpenSSL names
 ) -> Flight:
     """Run a full handshake between two OpenSSL objects in memory; returns what went each way."""
     cert_file, key_file = cert.write(tmp)
@@ -99,6 +100,8 @@ def handshake(
     client_ctx.maximum_version = version
     if alpn:
         client_ctx.set_alpn_protocols(list(alpn))
+    if ciphers is not None:
+        client_ctx.set_ciphers(ciphers)
     c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
     client = client_ctx.wrap_bio(c_in, c_out, server_hostname=sni)
     server = server_ctx.wrap_bio(s_in, s_out, server_side=True)

@@ -100,6 +100,28 @@ def test_tls12_certificate_alpn_and_cipher(cert, tmp_path: Path) -> None:  # typ
     assert asm.stats.certificates == 1 and asm.stats.errors == 0
 
 
+def test_the_client_offer_in_iana_names_in_order(cert, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    offer = "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256"  # OpenSSL's names
+    flight = handshake(cert, tmp_path, version=ssl.TLSVersion.TLSv1_2, ciphers=offer)
+    _, info = run(chunks(flight))
+    assert info is not None
+    assert info.client_ciphers == (
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        "TLS_EMPTY_RENEGOTIATION_INFO_SCSV",  # OpenSSL appends it to every TLS <= 1.2 offer
+    )
+    assert info.cipher in info.client_ciphers[:2]  # the server chose from the offer
+
+
+def test_grease_is_left_out_of_the_offer_and_unknown_codes_are_hex() -> None:
+    from podwire.tls.assembler import info as make_info
+    from podwire.tls.handshake import ClientHello
+
+    hello = ClientHello(0x0303, (0x0A0A, 0x1301, 0xFEFE, 0xC02B), (), None, (), (), (), (), ())
+    got = make_info(hello, None, None).client_ciphers
+    assert got == ("TLS_AES_128_GCM_SHA256", "0xfefe", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256")
+
+
 def test_without_sni(cert, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     flight = handshake(cert, tmp_path, sni=None)
     _, info = run(chunks(flight))

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.live
 
 SNI = "web.podwire.test"
 N12, N13 = 3, 2
+OFFER12 = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384"  # OpenSSL names
 
 
 @dataclass
@@ -114,6 +115,8 @@ def world(module_cluster_factory: Any) -> Iterator[World]:
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
                 ctx.minimum_version = ctx.maximum_version = version
+                if version is ssl.TLSVersion.TLSv1_2:
+                    ctx.set_ciphers(OFFER12)  # a known offer for clientCipherSuites
                 for _ in range(n):
                     with client_socket(cluster, cluster.pod("client")) as raw:
                         raw.settimeout(5)
@@ -173,6 +176,12 @@ def test_details_by_id_carry_the_certificate_and_the_record(world: World) -> Non
     assert d["id"] == item["id"] and d["domain"] == SNI and d["port"] == 8443
     assert d["usedTLSVersion"] == "TLS 1.2" and d["usedCipherSuite"] == item["usedCipherSuite"]
     assert d["clientTLSVersions"] == []  # a TLS 1.2-only client sends no supported_versions
+    assert d["clientCipherSuites"] == [  # OFFER12 in IANA names, and the renegotiation SCSV
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+        "TLS_EMPTY_RENEGOTIATION_INFO_SCSV",
+    ]
+    assert d["usedCipherSuite"] in d["clientCipherSuites"]
     cert = d["certificate"]
     assert cert["notAfter"] == NOT_AFTER.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert cert["notBefore"] == NOT_BEFORE.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -185,6 +194,8 @@ def test_details_of_a_tls13_connection(world: World) -> None:
     item = next(i for i in world.get("/tlsparser/api/data") if i["usedTLSVersion"] == "TLS 1.3")
     d = world.get(f"/tlsparser/api/data/{item['id']}")
     assert d["clientTLSVersions"] == ["TLS 1.3"] and d["certificate"]["notAfter"] is None
+    assert d["usedCipherSuite"] in d["clientCipherSuites"][:3]  # OpenSSL offers its 3 TLS 1.3 suites first
+    assert all(c.startswith("TLS_") for c in d["clientCipherSuites"])
 
 
 def test_unknown_and_bad_ids(world: World) -> None:

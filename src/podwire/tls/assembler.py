@@ -339,6 +339,9 @@ def info(ch: ClientHello | None, sh: ServerHello | None, cert: CertificateFacts 
         client_versions=tuple(version_name(v) for v in ch.supported_versions if not is_grease(v))
         if ch is not None
         else (),
+        client_ciphers=tuple(cipher_name(c) for c in ch.ciphers if not is_grease(c))
+        if ch is not None
+        else (),
         ja3=fingerprints.ja3(ch) if ch is not None else None,
         ja3s=fingerprints.ja3s(sh) if sh is not None else None,
         ja4=fingerprints.ja4(ch) if ch is not None else None,

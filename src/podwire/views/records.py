@@ -49,6 +49,7 @@ def tls_json(tls: TlsInfo | None) -> dict[str, Any] | None:
         "certificate_sans": list(tls.certificate_sans),
         "client_alpn": list(tls.client_alpn),
         "client_versions": list(tls.client_versions),
+        "client_ciphers": list(tls.client_ciphers),
     }
 
 

@@ -8,7 +8,8 @@ epoch ms on `lastSeen`) and `/tlsparser/api/data/{id}` (TLSDetails: `id`, `domai
 {`notBefore`, `notAfter`, `serverChain`, `lastScrape`}).  podwire adds `dstNamespace`, `alpn`,
 `ja3`, `ja3s`, `ja4`, `certificateNotAfter`, `deprecated` to the list and the whole record to the
 details.  One item per connection (k8spacket kept one per src/dst pair).  `clientCipherSuites` is
-empty (podwire keeps the JA3/JA4 fingerprints of the offer, not the list); `serverChain` is the
+the offer's IANA names in the client's order (GREASE left out, unknown codes as hex, as
+`clientTLSVersions`); `serverChain` is the
 leaf's subject and issuer (only the leaf is parsed); `lastScrape` is null (the certificate comes
 from the handshake, not a scrape).
 
@@ -69,7 +70,7 @@ def details_json(entry: Stored, agent: str) -> dict[str, Any]:
         "dst": entry.target.id,
         "port": entry.conn.record.server.port,
         "clientTLSVersions": list(tls.client_versions),
-        "clientCipherSuites": [],
+        "clientCipherSuites": list(tls.client_ciphers),
         "usedTLSVersion": tls.version or "",
         "usedCipherSuite": tls.cipher or "",
         "certificate": {
