@@ -92,6 +92,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from podwire.model import (
     ACK,
     FIN,
@@ -220,58 +222,45 @@ def guess_client_is_src(sport: int, dport: int) -> bool:
     return _port_rank(sport) >= _port_rank(dport)
 
 
-class _Entry:
-    """One tracked connection.  Positions (c_fin, s_fin, c_rst, s_rst, c_ack, s_ack) are raw
-    32-bit sequence numbers; byte counts are derived only when the record is built."""
+class _Ends(msgspec.Struct, gc=False):
+    """What the FINs and RSTs of one connection told, from its first FIN or RST on.  Positions are
+    raw 32-bit sequence numbers; byte counts are derived only when the record is built."""
 
-    __slots__ = (
-        "c_ack",  # latest ack the client sent on a FIN/RST (server's position)
-        "c_fin",  # client FIN end position: seq + payload_len
-        "c_rst",  # client RST seq
-        "cisn",
-        "client",  # Endpoint, built once
-        "first",  # CloseInitiator of the first FIN-or-RST sender
-        "key",
-        "live",  # _Live once socket stats sampled the connection, else None
-        "midstream",  # no SYN/SYN-ACK seen: started before capture, roles guessed from ports
-        "rtt",
-        "s_ack",
-        "s_fin",
-        "s_rst",
-        "server",
-        "side",
-        "since",  # time the entry entered its phase (timers); after the end: time it ended
-        "sisn",
-        "start",
-        "state",
-        "syn_len",  # payload on the SYN (TCP Fast Open): the SYN-ACK may ack it
-        "syn_ts",  # last SYN time (Karn)
-    )
+    first: CloseInitiator | None = None  # the first FIN-or-RST sender
+    c_fin: int | None = None  # client FIN end position: seq + payload_len
+    s_fin: int | None = None
+    c_rst: int | None = None  # client RST seq
+    s_rst: int | None = None
+    c_ack: int | None = None  # latest ack the client sent on a FIN/RST (server's position)
+    s_ack: int | None = None
 
-    def __init__(
-        self, key: Key, state: int, ts: float, cisn: int | None, sisn: int | None, side: Side | None
-    ) -> None:
-        self.key = key
-        self.state = state
-        self.start: float | None = ts
-        self.syn_ts = ts
-        self.since = ts
-        self.cisn = cisn
-        self.sisn = sisn
-        self.side = side
-        self.rtt: float | None = None
-        self.c_fin: int | None = None
-        self.s_fin: int | None = None
-        self.c_rst: int | None = None
-        self.s_rst: int | None = None
-        self.c_ack: int | None = None
-        self.s_ack: int | None = None
-        self.first: CloseInitiator | None = None
-        self.midstream = False
-        self.client: Endpoint | None = None
-        self.server: Endpoint | None = None
-        self.syn_len = 0
-        self.live: _Live | None = None
+
+class _Entry(msgspec.Struct, gc=False, eq=False):
+    """One tracked connection: only what an open connection needs (memory per open connection is
+    one of issue 13's figures); what its close tells goes in `ends`, made at the first FIN/RST.
+    eq=False: entries hash and compare by identity (they are the phases' keys).  gc=False: an
+    entry refers to values and its own `_Ends`/`_Live`, never back to a container."""
+
+    key: Key
+    state: int
+    start: float | None  # first SYN; None: mid-stream (no SYN/SYN-ACK seen, roles guessed)
+    syn_ts: float  # last SYN (Karn)
+    since: float  # time the entry entered its phase (timers); after the end: time it ended
+    cisn: int | None
+    sisn: int | None
+    side: Side | None
+    rtt: float | None = None
+    syn_len: int = 0  # payload on the SYN (TCP Fast Open): the SYN-ACK may ack it
+    ends: _Ends | None = None
+    live: _Live | None = None  # once socket stats sampled the connection
+
+
+def _entry(key: Key, state: int, ts: float, cisn: int | None, sisn: int | None, side: Side | None) -> _Entry:
+    return _Entry(key, state, ts, ts, ts, cisn, sisn, side)
+
+
+def _midstream(key: Key, state: int, ts: float, side: Side | None) -> _Entry:
+    return _Entry(key, state, None, ts, ts, None, None, side)
 
 
 class _Live:
@@ -358,6 +347,7 @@ class Tracker:
         self._anomalies: dict[str, int] = {}
         self._endpoints: dict[tuple[bytes, int], Endpoint] = {}  # bounded caches (cleared when full)
         self._texts: dict[bytes, str] = {}
+        self._addrs: dict[bytes, bytes] = {}  # one bytes object per address for the keys kept
         # Decide at construction: per (state, event) slot of the table, its bound handler, its
         # rule and the anomaly it counts (one tuple fetched per segment).
         self._steps: tuple[
@@ -482,7 +472,9 @@ class Tracker:
             entry = next(iter(closing))
             if now - entry.since <= limit:
                 break
-            out.append(self._finish(entry, _CLOSED, entry.since, entry.first, now))
+            ends = entry.ends
+            initiator = ends.first if ends is not None else None
+            out.append(self._finish(entry, _CLOSED, entry.since, initiator, now))
         established = self._established
         limit = self.limits.idle_timeout_s
         while established:
@@ -516,6 +508,7 @@ class Tracker:
         self._unmatched.clear()
         self._endpoints.clear()
         self._texts.clear()
+        self._addrs.clear()
         return out
 
     @property
@@ -571,7 +564,19 @@ class Tracker:
                 if victims:
                     self._evict(victims, kind)
                     break
-        self._entries[entry.key] = entry  # replaces a finished entry on the same tuple, if any
+        # The decoder makes new address objects for every segment; a node's addresses repeat, so
+        # the key kept holds shared ones (48 bytes less per IPv4 connection, 64 per IPv6 one).
+        point, a, b, pa, pb = entry.key
+        addrs = self._addrs
+        shared_a = addrs.get(a)
+        shared_b = addrs.get(b)
+        if shared_a is None or shared_b is None:
+            if len(addrs) >= _ENDPOINT_CACHE:
+                addrs.clear()
+            shared_a = addrs.setdefault(a, a)
+            shared_b = addrs.setdefault(b, b)
+        key = entry.key = (point, shared_a, shared_b, pa, pb)
+        self._entries[key] = entry  # replaces a finished entry on the same tuple, if any
         phase[entry] = None
 
     def _compact(self) -> None:
@@ -587,6 +592,7 @@ class Tracker:
         self._phase = (self._recent, self._half_open, self._established, self._closing, self._closing)
         self._endpoints = {}
         self._texts = {}
+        self._addrs = {}
         self._high = len(self._entries)
         self.compactions += 1
 
@@ -633,44 +639,39 @@ class Tracker:
         return ep
 
     def _endpoints_of(self, entry: _Entry) -> tuple[Endpoint, Endpoint]:
-        client = entry.client
-        server = entry.server
-        if client is None or server is None:
-            # A client's ephemeral port rarely repeats within the cache's reach: only its text is
-            # cached (keeping its Endpoint would hold one more object per connection alive).
-            _, caddr, saddr, cport, sport = entry.key
-            client = entry.client = Endpoint(self._texts.get(caddr) or self._text(caddr), cport)
-            server = entry.server = self._endpoints.get((saddr, sport)) or self._endpoint(saddr, sport)
-        return client, server
+        """Built for each event, not kept on the entry (memory per open connection): a client's
+        ephemeral port rarely repeats within the cache's reach, so only its text is cached."""
+        _, caddr, saddr, cport, sport = entry.key
+        client = Endpoint(self._texts.get(caddr) or self._text(caddr), cport)
+        return client, self._endpoints.get((saddr, sport)) or self._endpoint(saddr, sport)
 
     def _record(
         self, entry: _Entry, outcome: Outcome, end: float | None, initiator: CloseInitiator | None
     ) -> ConnectionRecord:
-        client = entry.client
-        server = entry.server
-        if client is None or server is None:  # no ConnectionOpened was built
-            client, server = self._endpoints_of(entry)
+        client, server = self._endpoints_of(entry)
         c2s: int | None
         s2c: int | None
         if outcome is _REFUSED:
             c2s = s2c = 0
         elif outcome is _TIMEOUT:
             c2s = s2c = None
+        elif (ends := entry.ends) is None:
+            c2s = s2c = None  # no FIN or RST: the handshake's ack is no evidence of payload
         else:
             # Best evidence first: own FIN, own RST's seq, then the peer's latest ack.
             isn = entry.cisn
-            pos = entry.c_fin
+            pos = ends.c_fin
             if pos is None:
-                pos = entry.c_rst
+                pos = ends.c_rst
                 if pos is None:
-                    pos = entry.s_ack
+                    pos = ends.s_ack
             c2s = None if isn is None or pos is None else (pos - isn - 1) & _MASK
             isn = entry.sisn
-            pos = entry.s_fin
+            pos = ends.s_fin
             if pos is None:
-                pos = entry.s_rst
+                pos = ends.s_rst
                 if pos is None:
-                    pos = entry.c_ack
+                    pos = ends.c_ack
             s2c = None if isn is None or pos is None else (pos - isn - 1) & _MASK
         live = entry.live
         rtt = min_rtt = None
@@ -681,6 +682,7 @@ class Tracker:
                 c2s = _unwrap(c2s, live.c2s) - live.base_c2s
                 s2c = _unwrap(s2c, live.s2c) - live.base_s2c
         start = entry.start
+        midstream = start is None
         key = entry.key
         return ConnectionRecord(
             key[0],
@@ -695,8 +697,8 @@ class Tracker:
             c2s,
             s2c,
             entry.rtt,
-            entry.midstream,
-            entry.midstream and (live is None or not live.role_known),
+            midstream,
+            midstream and (live is None or not live.role_known),
             entry.cisn,
             entry.sisn,
             entry.side,
@@ -750,9 +752,7 @@ class Tracker:
         if not local_is_client:
             key = (smp.point, smp.remote, smp.local, smp.rport, smp.lport)
         ts = self._sample_ts
-        new = _Entry(key, _ESTABLISHED, ts, None, None, Side.CLIENT if local_is_client else Side.SERVER)
-        new.start = None
-        new.midstream = True
+        new = _midstream(key, _ESTABLISHED, ts, Side.CLIENT if local_is_client else Side.SERVER)
         c2s, s2c = _payload(first, local_is_client)
         new.live = _Live(c2s, s2c, first.total_retrans, True)
         self._admit(new, self._established)
@@ -766,7 +766,7 @@ class Tracker:
         established = smp.established
         if live is None:
             # From the SYN: count from zero.  Seen mid-stream (by a FIN): count from this sample.
-            if entry.midstream:
+            if entry.start is None:  # mid-stream
                 if not established:
                     return _NONE
                 c2s, s2c = _payload(smp, local_is_client)
@@ -808,7 +808,7 @@ class Tracker:
     def _do_new_half_open(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
         if entry is not None and not entry.state and entry.cisn == seg.seq and entry.key == seg[1:6]:
             return self._anomaly("late_syn")  # a retransmit of a connection already reported
-        new = _Entry(seg[1:6], _HALF_OPEN, seg.ts, seg.seq, None, _SIDE_OF_CLIENT_SEGMENT.get(seg.from_local))
+        new = _entry(seg[1:6], _HALF_OPEN, seg.ts, seg.seq, None, _SIDE_OF_CLIENT_SEGMENT.get(seg.from_local))
         new.syn_len = seg.payload_len
         self._admit(new, self._half_open)
         return _NONE
@@ -828,7 +828,8 @@ class Tracker:
             end = entry.since  # the first FIN
         else:
             end = None
-        initiator = entry.first if outcome is _CLOSED else None
+        ends = entry.ends
+        initiator = ends.first if outcome is _CLOSED and ends is not None else None
         old = self._finish(entry, outcome, end, initiator, seg.ts)
         self._do_new_half_open(None, seg, True, rule)
         return (old,)
@@ -858,7 +859,7 @@ class Tracker:
         if entry is not None and entry.sisn == seg.seq and entry.key == key:
             return self._anomaly("late_synack")
         cisn = (seg.ack - 1) & _MASK
-        new = _Entry(key, _ESTABLISHED, seg.ts, cisn, seg.seq, _side(seg.from_local, False))
+        new = _entry(key, _ESTABLISHED, seg.ts, cisn, seg.seq, _side(seg.from_local, False))
         self._admit(new, self._established)
         client, server = self._endpoints_of(new)
         return (ConnectionOpened(key[0], client, server, seg.ts, None, cisn, seg.seq, new.side),)
@@ -870,18 +871,13 @@ class Tracker:
         return _NONE
 
     def _do_fin_first(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
-        assert entry is not None
+        assert entry is not None and entry.ends is None  # half-open or established
         end = (seg.seq + seg.payload_len) & _MASK
+        ack = seg.ack if seg.flags & ACK else None
         if from_client:
-            entry.c_fin = end
-            entry.first = _CLIENT
-            if seg.flags & ACK:
-                entry.c_ack = seg.ack
+            entry.ends = _Ends(_CLIENT, end, None, None, None, ack, None)
         else:
-            entry.s_fin = end
-            entry.first = _SERVER
-            if seg.flags & ACK:
-                entry.s_ack = seg.ack
+            entry.ends = _Ends(_SERVER, None, end, None, None, None, ack)
         del self._phase[entry.state][entry]  # half-open or established, never closing
         self._closing[entry] = None
         entry.state = rule.next_state
@@ -891,42 +887,36 @@ class Tracker:
     def _do_new_midstream_fin(
         self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule
     ) -> Events:
-        new = _Entry(
-            self._new_key(seg, from_client),
-            rule.next_state,
-            seg.ts,
-            None,
-            None,
-            _side(seg.from_local, from_client),
+        new = _midstream(
+            self._new_key(seg, from_client), rule.next_state, seg.ts, _side(seg.from_local, from_client)
         )
-        new.start = None
-        new.midstream = True
         self._note_fin(new, seg, from_client)
         self._admit(new, self._closing)
         return _NONE
 
     def _do_fin_again(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
-        assert entry is not None
+        assert entry is not None and entry.ends is not None  # closing
         end = (seg.seq + seg.payload_len) & _MASK
-        if end != (entry.c_fin if from_client else entry.s_fin):
+        if end != (entry.ends.c_fin if from_client else entry.ends.s_fin):
             return self._anomaly("fin_seq_changed")  # keep the first FIN's count
         return _NONE
 
     def _do_fin_second(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
-        assert entry is not None
+        assert entry is not None and entry.ends is not None  # closing
+        ends = entry.ends
         flags = seg.flags
         end = (seg.seq + seg.payload_len) & _MASK
         if from_client:
-            entry.c_fin = end
-            first_end = entry.s_fin
+            ends.c_fin = end
+            first_end = ends.s_fin
             if flags & ACK:
-                entry.c_ack = seg.ack
+                ends.c_ack = seg.ack
         else:
-            entry.s_fin = end
-            first_end = entry.c_fin
+            ends.s_fin = end
+            first_end = ends.c_fin
             if flags & ACK:
-                entry.s_ack = seg.ack
-        initiator = entry.first
+                ends.s_ack = seg.ack
+        initiator = ends.first
         if not flags & ACK:
             self._count(self._anomalies, "fin_without_ack")
         elif first_end is not None and ((seg.ack - first_end - 1) & _MASK) >= _HALF:
@@ -935,18 +925,21 @@ class Tracker:
 
     def _do_reset(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
         assert entry is not None
+        ends = entry.ends
+        if ends is None:
+            ends = entry.ends = _Ends()
         flags = seg.flags
         if from_client:
-            if entry.c_fin is None:
-                entry.c_rst = seg.seq
+            if ends.c_fin is None:
+                ends.c_rst = seg.seq
             if flags & ACK:
-                entry.c_ack = seg.ack
+                ends.c_ack = seg.ack
         else:
-            if entry.s_fin is None:
-                entry.s_rst = seg.seq
+            if ends.s_fin is None:
+                ends.s_rst = seg.seq
             if flags & ACK:
-                entry.s_ack = seg.ack
-        initiator = entry.first or (_CLIENT if from_client else _SERVER)
+                ends.s_ack = seg.ack
+        initiator = ends.first or (_CLIENT if from_client else _SERVER)
         return (self._finish(entry, _RESET, seg.ts, initiator, seg.ts),)
 
     def _do_refuse(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
@@ -958,11 +951,7 @@ class Tracker:
     def _do_midstream_reset(
         self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule
     ) -> Events:
-        new = _Entry(
-            self._new_key(seg, from_client), _NEW, seg.ts, None, None, _side(seg.from_local, from_client)
-        )
-        new.start = None
-        new.midstream = True
+        new = _midstream(self._new_key(seg, from_client), _NEW, seg.ts, _side(seg.from_local, from_client))
         record = self._record(new, _RESET, seg.ts, _CLIENT if from_client else _SERVER)
         self._entries[new.key] = new  # finished at once: absorbs the RSTs that often follow
         self._bury(new, seg.ts)
@@ -970,14 +959,18 @@ class Tracker:
 
     @staticmethod
     def _note_fin(entry: _Entry, seg: Segment, from_client: bool) -> None:
+        """A first FIN (live or mid-stream entry): its end position, its sender as the initiator."""
+        ends = entry.ends
+        if ends is None:
+            ends = entry.ends = _Ends()
         end = (seg.seq + seg.payload_len) & _MASK
         if from_client:
-            entry.c_fin = end
-            entry.first = entry.first or _CLIENT
+            ends.c_fin = end
+            ends.first = ends.first or _CLIENT
             if seg.flags & ACK:
-                entry.c_ack = seg.ack
+                ends.c_ack = seg.ack
         else:
-            entry.s_fin = end
-            entry.first = entry.first or _SERVER
+            ends.s_fin = end
+            ends.first = ends.first or _SERVER
             if seg.flags & ACK:
-                entry.s_ack = seg.ack
+                ends.s_ack = seg.ack
