@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import socket
 import threading
+from typing import Any
 
-from podwire.sockstats.diag import TCP_ESTABLISHED, DiagDump, NamespaceSockets
+import pytest
+
+from podwire.model import SocketSample
+from podwire.sockstats.diag import DiagDump
 
 
-def _in_fresh_netns(fn: object) -> NamespaceSockets:
+def _in_fresh_netns(fn: object) -> Any:
     """Run fn in a thread that unshared its own network namespace (gone when the thread ends)."""
     import ctypes
     import subprocess
@@ -36,8 +40,12 @@ def _in_fresh_netns(fn: object) -> NamespaceSockets:
     return result  # type: ignore[return-value]
 
 
-def test_dump_reads_both_families_listeners_and_exact_byte_counters() -> None:
-    def scenario() -> tuple[NamespaceSockets, int, int]:
+Result = tuple[frozenset[int], list[SocketSample], list[SocketSample], bool, int, int, int]
+
+
+@pytest.mark.parametrize("one_walk", [True, False], ids=["one-walk", "per-family"])
+def test_dump_reads_both_families_listeners_and_exact_byte_counters(one_walk: bool) -> None:
+    def scenario() -> Result:
         srv = socket.socket()
         srv.bind(("127.0.0.1", 0))
         srv.listen()
@@ -54,27 +62,43 @@ def test_dump_reads_both_families_listeners_and_exact_byte_counters() -> None:
         got = 0
         while got < 789:
             got += len(c.recv(1 << 16))
-        c6 = socket.create_connection(("127.0.0.1", v6.getsockname()[1]))
+        c4 = socket.create_connection(("127.0.0.1", v6.getsockname()[1]))
+        s4, _ = v6.accept()
+        c4.sendall(b"c" * 10)
+        s4.recv(10)
+        c6 = socket.create_connection(("::1", v6.getsockname()[1]))  # a true IPv6 connection
         s6, _ = v6.accept()
-        c6.sendall(b"c" * 10)
-        s6.recv(10)
-        with DiagDump() as dump:
-            result = dump.tcp()
-        ports = (srv.getsockname()[1], v6.getsockname()[1])
-        for x in (srv, v6, c, s, c6, s6):
+        c6.sendall(b"d" * 33)
+        s6.recv(33)
+        with DiagDump(one_walk) as dump:
+            listening = dump.listening()
+            everything = dump.connections(7, listening, skip_local=False)
+            crossing = dump.connections(7, listening)
+            used_one_walk = dump.one_walk
+        ports = (srv.getsockname()[1], v6.getsockname()[1], c6.getsockname()[1])
+        for x in (srv, v6, c, s, c4, s4, c6, s6):
             x.close()
-        return result, *ports
+        return listening, everything, crossing, used_one_walk, *ports
 
-    result, port, port6 = _in_fresh_netns(scenario)
-    assert result.listening == frozenset({port, port6})
-    by_local = {(x.lport, x.rport): x for x in result.sockets}
-    client = next(x for x in result.sockets if x.rport == port)
-    server = by_local[(port, client.lport)]
+    listening, found, crossing, used_one_walk, port, port6, client6 = _in_fresh_netns(scenario)
+    assert used_one_walk is one_walk  # this kernel answers the one-walk request
+    assert listening == frozenset({port, port6})
+    assert len(found) == 6 and {x.point for x in found} == {7}
+    assert crossing == []  # loopback connections never cross a pod's veth
+    by_ports = {(x.lport, x.rport): x for x in found}
+    client = next(x for x in found if x.rport == port)
+    server = by_ports[(port, client.lport)]
     assert client.local == client.remote == socket.inet_aton("127.0.0.1")
-    assert client.state == server.state == TCP_ESTABLISHED
+    assert client.established and server.established
+    assert not client.local_listens and server.local_listens
     assert (client.bytes_acked, client.bytes_received) == (123_456 + 1, 789)  # +1: the SYN
     assert (server.bytes_acked, server.bytes_received) == (789, 123_456)
     assert client.rtt_us > 0 and 0 < client.min_rtt_us <= client.rtt_us * 10
-    mapped = next(x for x in result.sockets if x.lport == port6)
+    assert client.total_retrans == 0
+    mapped = next(x for x in found if x.lport == port6 and len(x.local) == 4)
     assert mapped.local == socket.inet_aton("127.0.0.1")  # IPv4-mapped turned into 4 bytes
     assert mapped.bytes_received == 10
+    v6_server = by_ports[(port6, client6)]
+    assert v6_server.local == v6_server.remote == socket.inet_pton(socket.AF_INET6, "::1")
+    assert v6_server.bytes_received == 33 and v6_server.local_listens
+    assert by_ports[(client6, port6)].bytes_acked == 33 + 1

@@ -176,3 +176,19 @@ def test_a_sample_restarts_the_idle_timer() -> None:
     assert t.state_of(1, A, CP, B, SP) == State.ESTABLISHED
     t.expire(20.0)
     assert t.state_of(1, A, CP, B, SP) == State.NEW
+
+
+def test_an_unchanged_sample_emits_nothing_but_keeps_the_connection_alive() -> None:
+    from podwire.tracker.tracker import TrackerLimits
+
+    t = Tracker(TrackerLimits(idle_timeout_s=10.0))
+    opened(t)
+    assert progress(t.feed_stats(2.0, [client_sample(100, 5)])).bytes_client_to_server == 100
+    for ts in (8.0, 14.0, 20.0):  # idle: the same counters and RTTs every round
+        assert t.feed_stats(ts, [client_sample(100, 5)]) == []
+        t.expire(ts + 5.0)  # more than 10 s after the last change, 5 s after the last sample
+        assert t.state_of(1, A, CP, B, SP) == State.ESTABLISHED
+    p = progress(t.feed_stats(21.0, [client_sample(100, 5, retrans=1)]))  # any change reports again
+    assert (p.bytes_client_to_server, p.retransmits) == (100, 1)
+    rec = close(t, 300, 5)
+    assert (rec.bytes_client_to_server, rec.retransmits) == (300, 1)

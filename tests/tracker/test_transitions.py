@@ -73,9 +73,10 @@ SAMPLE = SocketSample(0, A, B, CPORT, SPORT, False, True, UP + 1, DOWN, 250, 200
 
 def trigger(tracker: Tracker, event: Event) -> tuple[ConnectionEvent, ...]:
     if event is Event.SAMPLE:
-        # a connection seen only by socket stats needs two rounds (see new_from_sample)
+        # a connection seen only by socket stats needs two rounds (see new_from_sample); the
+        # second sample differs (a new RTT): an unchanged one reports nothing
         tracker.feed_stats(2.5, [SAMPLE])
-        return tuple(tracker.feed_stats(3.0, [SAMPLE]))
+        return tuple(tracker.feed_stats(3.0, [SAMPLE._replace(rtt_us=260)]))
     return tracker.feed(TRIGGER[event])
 
 

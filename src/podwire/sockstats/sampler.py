@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from podwire import log
 from podwire.model import SocketSample, StatsRound
-from podwire.sockstats.diag import TCP_ESTABLISHED, DiagDump
+from podwire.sockstats.diag import DiagDump
 from podwire.sockstats.namespaces import (
     DEFAULT_NETNS_DIR,
     LinkSource,
@@ -68,14 +68,6 @@ class NodeTarget:
     finder: NamespaceFinder | None = None
 
 
-_V6_LOOPBACK = bytes(15) + b"\x01"
-
-
-def _inside_pod(local: bytes, remote: bytes) -> bool:
-    """A connection that never crosses the pod's veth (loopback, or the pod to itself)."""
-    return remote == local or (remote[0] == 127 if len(remote) == 4 else remote == _V6_LOOPBACK)
-
-
 def _ns_path(name: str, netns_dir: str) -> str:
     return name if name.startswith("/") else os.path.join(netns_dir, name)
 
@@ -97,6 +89,7 @@ class Sampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="podwire-sockstats", daemon=True)
         self._home: int | None = None
+        self._one_walk = True  # (diag: one hash-table walk per pod, unless the kernel refuses it)
 
     # --- thread ----------------------------------------------------------------------------
 
@@ -170,43 +163,24 @@ class Sampler:
         room = self._max_sockets
         stats = self.stats
         for nsid, path in paths.items():
-            point = points[nsid]
             t0 = time.perf_counter()
             try:
                 with entered(path, home):
-                    dump = DiagDump()  # bound to the pod's namespace for its life
+                    dump = DiagDump(self._one_walk)  # bound to the pod's namespace for its life
                 with dump:
-                    result = dump.tcp()
+                    samples = dump.connections(points[nsid], dump.listening())
+                    self._one_walk = dump.one_walk
             except OSError:
                 self._skip(SKIP_VANISHED)
                 continue
             finally:
                 stats.dump_seconds += time.perf_counter() - t0
             stats.dumps += 1
-            listening = result.listening
-            sockets = result.sockets
-            if len(sockets) > room:
-                stats.sockets_dropped += len(sockets) - room
-                sockets = sockets[:room]
-            room -= len(sockets)
-            out.extend(
-                SocketSample(
-                    point,
-                    s.local,
-                    s.remote,
-                    s.lport,
-                    s.rport,
-                    s.lport in listening,
-                    s.state == TCP_ESTABLISHED,
-                    s.bytes_acked,
-                    s.bytes_received,
-                    s.rtt_us,
-                    s.min_rtt_us,
-                    s.total_retrans,
-                )
-                for s in sockets
-                if not _inside_pod(s.local, s.remote)
-            )
+            if len(samples) > room:
+                stats.sockets_dropped += len(samples) - room
+                del samples[room:]
+            room -= len(samples)
+            out += samples
         return out
 
     def close(self) -> None:

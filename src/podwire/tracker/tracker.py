@@ -66,9 +66,11 @@ Semantics (the contract other rooms rely on):
   way round; which way tells the sampled end's role.  The kernel's 64-bit counters give the
   payload so far (bytes_acked counts the client's SYN: minus 1 on the client's end; counters of
   a socket past a FIN also count the FIN, so only ESTABLISHED samples update bytes), the smoothed
-  and minimum RTT and the retransmitted segments.  Each matched sample emits a
-  `ConnectionProgress` with totals since counting began (the SYN; or, for a connection older
-  than the agent, its first sample: so an agent restart never counts bytes twice).  At the end
+  and minimum RTT and the retransmitted segments.  Each matched sample that differs from the
+  connection's last one emits a `ConnectionProgress` (an idle connection costs a lookup and a
+  compare per round; the kernel re-measures no RTT without new data either) with totals since
+  counting began (the SYN; or, for a connection older than the agent, its first sample: so an
+  agent restart never counts bytes twice).  At the end
   the record's 32-bit sequence count is unwrapped against the last sample, so byte counts are
   exact at any size while less than 2 GiB flows one way between the last sample and the close.
   A connection seen only by socket stats (open before the agent started) is entered as
@@ -272,6 +274,7 @@ class _Live:
         "base_retrans",
         "base_s2c",
         "c2s",
+        "last",  # the last sample's (established, counters, RTTs): an unchanged sample emits nothing
         "min_rtt",
         "retrans",
         "role_known",  # the role came from a listening socket (entries made from samples)
@@ -286,6 +289,7 @@ class _Live:
         self.rtt = 0.0
         self.min_rtt = 0.0
         self.role_known = role_known
+        self.last: tuple[object, ...] = ()
 
 
 def _payload(smp: SocketSample, local_is_client: bool) -> tuple[int, int]:
@@ -773,6 +777,13 @@ class Tracker:
                 live = entry.live = _Live(c2s, s2c, smp.total_retrans, False)
             else:
                 live = entry.live = _Live(0, 0, 0, False)
+        sampled = smp[6:]
+        if sampled == live.last:  # nothing moved since the last sample (an idle connection)
+            if entry.state == _ESTABLISHED:  # but alive: restart the idle timer
+                self._established.move_to_end(entry)
+                entry.since = self._sample_ts
+            return _NONE
+        live.last = sampled
         if established:
             c2s, s2c = _payload(smp, local_is_client)
             if c2s > live.c2s:
