@@ -10,13 +10,15 @@ namespace file (`NamespaceFinder`), then per pod: enter its namespace in this th
 sock_diag socket there, return to the agent's own namespace at once (always, also on error), dump
 over the socket (it stays bound to the pod's namespace), and turn each socket into a
 `SocketSample` tagged with the pod veth's ifindex: the capture point the tracker keys it by.  A
-pod whose namespace cannot be found or vanishes before or during its dump is skipped and counted.
+pod whose namespace cannot be found, vanishes before or during its dump, or may not be entered or
+dumped (EPERM, EACCES) is skipped and counted by that reason, never fatal.
 The samples of a round go to the node's `deliver` callback (the agent queues them for the capture
 thread, which owns the tracker).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 
 from podwire import log
 from podwire.model import SocketSample, StatsRound
-from podwire.sockstats.diag import DiagDump
+from podwire.sockstats.diag import DiagDump, DiagError
 from podwire.sockstats.namespaces import (
     DEFAULT_NETNS_DIR,
     LinkSource,
@@ -38,6 +40,17 @@ _log = log.get("podwire.sockstats")
 
 SKIP_NOT_FOUND = "not_found"  # no namespace file for the veth's netnsid (mount or hostPID missing)
 SKIP_VANISHED = "vanished"  # the namespace went away before or during its dump
+SKIP_DENIED = "denied"  # not allowed to enter it or dump it (EPERM/EACCES: CAP_SYS_ADMIN missing?)
+SKIP_FAILED = "failed"  # any other error of the system (e.g. out of file descriptors)
+
+# errno -> reason for an OSError while entering or dumping (the rest: SKIP_FAILED)
+_REASONS = {
+    errno.EPERM: SKIP_DENIED,
+    errno.EACCES: SKIP_DENIED,
+    errno.ENOENT: SKIP_VANISHED,  # its file was unmounted, or its process exited
+    errno.ESRCH: SKIP_VANISHED,
+    errno.EINVAL: SKIP_VANISHED,  # the path now names something that is not a network namespace
+}
 
 
 @dataclass(slots=True)
@@ -170,8 +183,13 @@ class Sampler:
                 with dump:
                     samples = dump.connections(points[nsid], dump.listening())
                     self._one_walk = dump.one_walk
-            except OSError:
-                self._skip(SKIP_VANISHED)
+            except OSError as exc:
+                # a dump the kernel ended otherwise: the namespace is being torn down
+                other = SKIP_VANISHED if isinstance(exc, DiagError) else SKIP_FAILED
+                reason = _REASONS.get(exc.errno or 0, other)
+                if reason != SKIP_VANISHED and reason not in self.stats.skipped:  # once per reason
+                    _log.warning("sockstats_pod_skipped", reason=reason, netns=path, error=str(exc))
+                self._skip(reason)
                 continue
             finally:
                 stats.dump_seconds += time.perf_counter() - t0
