@@ -3,6 +3,8 @@ from __future__ import annotations
 import hashlib
 import socket
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -207,3 +209,19 @@ def test_other_point_or_port_does_not_join(cert, tmp_path: Path) -> None:  # typ
     assert asm.take(record(point=8)) is None
     assert asm.take(record(cport=CPORT + 1)) is None
     assert asm.take(record()) is not None
+
+
+def test_cryptography_loads_at_the_first_certificate_not_with_tls_insight() -> None:
+    # TLS insight is on by default; cryptography is ~8 MB resident in the idle agent (issue 13)
+    code = (
+        "import sys\n"
+        "import podwire.agent, podwire.tls.assembler\n"
+        "assert 'cryptography' not in sys.modules, 'cryptography imported'\n"
+        "from podwire.tls.certificate import parse_der\n"
+        "try:\n"
+        "    parse_der(b'not a certificate')\n"
+        "except ValueError:\n"
+        "    pass\n"
+        "assert 'cryptography' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
