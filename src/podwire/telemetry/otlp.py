@@ -13,6 +13,7 @@ from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExp
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 
@@ -24,15 +25,32 @@ __all__ = ["FastGrpcSpanExporter", "FastHttpSpanExporter", "GrpcMetricExporter",
 _log = log.get("podwire.telemetry")
 
 
+_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+class _WireTraceStub:
+    """TraceService.Export sending the request as the wire bytes encode.py wrote.  The SDK's stub
+    takes a message: the bytes were parsed into one only for gRPC to serialize it again (measured
+    ~6 us per span of the export thread's CPU)."""
+
+    def __init__(self, channel: Any) -> None:
+        # no request serializer: gRPC sends bytes as they are
+        self.Export = channel.unary_unary(
+            _EXPORT, response_deserializer=ExportTraceServiceResponse.FromString
+        )
+
+
 class FastGrpcSpanExporter(GrpcSpanExporter):
     """The SDK's gRPC exporter (channel, retries, headers, TLS) with encode.py's encoder."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._encoder = SpanEncoder()  # one per exporter: its cache is touched by one worker thread
+        self._stub = _WireTraceStub  # the SDK's reconnect path makes its client from `_stub` again
+        self._client = _WireTraceStub(self._channel)  # type: ignore[assignment]  # the SDK types it as None
 
     def _translate_data(self, data: Sequence[ReadableSpan]) -> Any:
-        return self._encoder.request(data)
+        return self._encoder.wire(data)
 
 
 class FastHttpSpanExporter(HttpSpanExporter):
