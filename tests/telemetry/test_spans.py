@@ -39,6 +39,23 @@ def test_ids_depend_on_the_two_isns_only() -> None:
     assert f.trace_id != a.trace_id and span_ids(0x01020304, None).trace_id == f.trace_id
 
 
+def test_ids_are_the_documented_hashes_so_agents_of_any_version_pair() -> None:
+    # blake2b(ISNs [+ "client" | "server"], person=b"podwire.tcp.v1"), pinned: an agent that derived
+    # them otherwise would split every trace it shares with an agent of another version
+    a = span_ids(0x01020304, 0xA0B0C0D0)
+    assert (a.trace_id, a.client_span_id, a.server_span_id) == (
+        0xB63873B807DEA4DF0A2ABF2DCB3B6B4A,
+        0xFA1E19F6F11B0B04,
+        0x68F1C43DD3A3DDD3,
+    )
+    f = span_ids(0x01020304, None)  # no server ISN: the client ISN and a tag
+    assert (f.trace_id, f.client_span_id, f.server_span_id) == (
+        0x7028B4263D06334F18A253C00FFBFA9F,
+        0xE5E33750987A524C,
+        0x4965C998EBD3611E,
+    )
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 def test_client_and_server_spans_from_two_agents_join_across_a_clusterip_dnat(
     receiver: OtlpReceiver, protocol: str

@@ -88,9 +88,16 @@ class SpanIds:
         return f"SpanIds({self.trace_id:032x}, {self.client_span_id:016x}, {self.server_span_id:016x})"
 
 
-def _h(data: bytes, size: int) -> int:
-    value = int.from_bytes(blake2b(data, digest_size=size, person=_PERSON).digest(), "big")
-    return value or 1  # all-zero ids are invalid in OTel
+# Keyed hash states made once and copied per id: the same digests as blake2b(data, digest_size=...,
+# person=_PERSON), without setting up the parameter block three times per connection (~2x faster).
+_BLAKE16 = blake2b(digest_size=16, person=_PERSON)
+_BLAKE8 = blake2b(digest_size=8, person=_PERSON)
+
+
+def _h(state: blake2b, data: bytes) -> int:
+    h = state.copy()
+    h.update(data)
+    return int.from_bytes(h.digest(), "big") or 1  # all-zero ids are invalid in OTel
 
 
 def span_ids(client_isn: int, server_isn: int | None) -> SpanIds:
@@ -98,7 +105,7 @@ def span_ids(client_isn: int, server_isn: int | None) -> SpanIds:
     base = (
         _ISNS.pack(client_isn, server_isn) if server_isn is not None else _ISN.pack(client_isn) + _FAILED_TAG
     )
-    return SpanIds(_h(base, 16), _h(base + b"client", 8), _h(base + b"server", 8))
+    return SpanIds(_h(_BLAKE16, base), _h(_BLAKE8, base + b"client"), _h(_BLAKE8, base + b"server"))
 
 
 def sampled(trace_id: int, ratio: float) -> bool:
