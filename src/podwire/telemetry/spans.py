@@ -212,6 +212,22 @@ def tls_attributes(tls: TlsInfo) -> dict[str, str]:
     return out
 
 
+class _End:
+    """What every span of one end shares: (kind, local, peer, server port) decide all of it."""
+
+    __slots__ = ("attrs", "name", "parent", "resource")
+
+    def __init__(self, name: str, resource: Resource, attrs: dict[str, str], parent: bool) -> None:
+        self.name = name
+        self.resource = resource
+        self.attrs = attrs  # the peer's attributes
+        self.parent = parent  # a SERVER span has the client span as its parent (the client sends one)
+
+
+_ENDS = 4096  # ends kept (bounded; then it starts over)
+_OUTCOME_TEXT = {o: o.value for o in Outcome}  # plain str: encode.py caches str attribute values
+
+
 class SpanSink:
     """`podwire.model.Sink` turning connection records into CLIENT/SERVER spans."""
 
@@ -229,6 +245,7 @@ class SpanSink:
         self._ratio = sample_ratio
         self._scope = scope or InstrumentationScope(n.TRACER_NAME)
         self._on_sampled_out = on_sampled_out
+        self._ends: dict[tuple[SpanKind, Identity, Identity, int], _End] = {}
         self.emitted = 0
         self.skipped = 0  # no client ISN or still open
 
@@ -248,21 +265,38 @@ class SpanSink:
             return
         client_end, server_end = span_ends(rec, conn.client, conn.server)
         if client_end:
-            self._emit(rec, ids, SpanKind.CLIENT, conn.client, conn.server, sends_spans(conn.server))
+            self._emit(rec, ids, SpanKind.CLIENT, conn.client, conn.server)
         if server_end:
-            self._emit(rec, ids, SpanKind.SERVER, conn.server, conn.client, is_watched_pod(conn.client))
+            self._emit(rec, ids, SpanKind.SERVER, conn.server, conn.client)
+
+    def _end(self, kind: SpanKind, local: Identity, peer: Identity, port: int) -> _End:
+        key = (kind, local, peer, port)
+        end = self._ends.get(key)
+        if end is None:
+            if kind is SpanKind.CLIENT:
+                peer_has_span, server = sends_spans(peer), peer
+            else:
+                peer_has_span, server = is_watched_pod(peer), local
+            attrs = {n.SPAN_PEER_WORKLOAD: peer.workload_name, n.SPAN_PEER_KIND: peer.kind.value}
+            if not peer_has_span:
+                attrs[n.PEER_SERVICE] = peer.workload_name
+            if kind is SpanKind.CLIENT and peer.service is not None:
+                attrs[n.SERVER_SERVICE] = peer.service  # the server is the backend behind this Service
+            # A client that sends no span of its own (external, node, hostNetwork) leaves the server
+            # span as the root: a parent id that never arrives would show as a broken trace.
+            parent = kind is SpanKind.SERVER and peer_has_span
+            end = _End(span_name(kind, server, port), self._resources.get(local), attrs, parent)
+            if len(self._ends) >= _ENDS:
+                self._ends.clear()
+            self._ends[key] = end
+        return end
 
     def _emit(
-        self,
-        rec: ConnectionRecord,
-        ids: SpanIds,
-        kind: SpanKind,
-        local: Identity,
-        peer: Identity,
-        peer_has_span: bool,
+        self, rec: ConnectionRecord, ids: SpanIds, kind: SpanKind, local: Identity, peer: Identity
     ) -> None:
         assert rec.start_time is not None  # checked by the caller
-        end = rec.end_time if rec.end_time is not None else rec.start_time + (rec.duration_s or 0.0)
+        end = self._end(kind, local, peer, rec.server.port)
+        finish = rec.end_time if rec.end_time is not None else rec.start_time + (rec.duration_s or 0.0)
         attrs: dict[str, str | int | float | bool] = {
             n.CLIENT_ADDRESS: rec.client.address,
             n.CLIENT_PORT: rec.client.port,
@@ -270,14 +304,9 @@ class SpanSink:
             n.SERVER_PORT: rec.server.port,
             n.NETWORK_TRANSPORT: "tcp",
             n.NETWORK_TYPE: rec.network_type,
-            n.SPAN_OUTCOME: rec.outcome.value,
-            n.SPAN_PEER_WORKLOAD: peer.workload_name,
-            n.SPAN_PEER_KIND: peer.kind.value,
+            n.SPAN_OUTCOME: _OUTCOME_TEXT[rec.outcome],
+            **end.attrs,
         }
-        if not peer_has_span:
-            attrs[n.PEER_SERVICE] = peer.workload_name
-        if kind is SpanKind.CLIENT and peer.service is not None:
-            attrs[n.SERVER_SERVICE] = peer.service  # the server is the backend behind this Service
         if rec.close_initiator is not None:
             attrs[n.SPAN_CLOSE_INITIATOR] = rec.close_initiator.value
         if rec.bytes_client_to_server is not None:
@@ -301,20 +330,17 @@ class SpanSink:
             parent = None
         else:
             context = SpanContext(ids.trace_id, ids.server_span_id, False, _SAMPLED)
-            # A client that sends no span of its own (external, node, hostNetwork) leaves the server
-            # span as the root: a parent id that never arrives would show as a broken trace.
-            parent = SpanContext(ids.trace_id, ids.client_span_id, True, _SAMPLED) if peer_has_span else None
-        server = peer if kind is SpanKind.CLIENT else local
+            parent = SpanContext(ids.trace_id, ids.client_span_id, True, _SAMPLED) if end.parent else None
         span = ReadableSpan(
-            name=span_name(kind, server, rec.server.port),
+            name=end.name,
             context=context,
             parent=parent,
-            resource=self._resources.get(local),
+            resource=end.resource,
             attributes=attrs,
             kind=kind,
             status=_ERRORS.get(rec.outcome, _UNSET),
             start_time=round(rec.start_time * 1e6) * 1000,
-            end_time=round(end * 1e6) * 1000,
+            end_time=round(finish * 1e6) * 1000,
             instrumentation_scope=self._scope,
         )
         self._consumer.on_end(span)
