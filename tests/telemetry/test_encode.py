@@ -71,3 +71,12 @@ def test_fast_encoder_handles_odd_values_and_falls_back_for_what_it_does_not_kno
     assert ExportTraceServiceRequest.FromString(SpanEncoder().encode([odd])) == encode_spans([odd])
     with_list = ReadableSpan(name="y", context=ctx, attributes={"l": ("a", "b")}, resource=Resource({}))
     assert SpanEncoder().request([odd, with_list]) == encode_spans([odd, with_list])  # SDK fallback
+
+
+def test_ints_and_floats_at_every_varint_width_match_the_sdk() -> None:
+    ctx = SpanContext(7, 9, False, TraceFlags(1))
+    edges = [0, 1, 127, 128, 16383, 16384, 65535, 2**21 - 1, 2**21, 2**28, 2**35, 2**63 - 1, -1, -(2**63)]
+    attrs: dict[str, int | float] = {f"i{i}": v for i, v in enumerate(edges)}
+    attrs.update({"f0": 0.0, "f1": -1e300, "f2": 5e-324})
+    span = ReadableSpan(name="v", context=ctx, attributes=attrs, resource=Resource({"port": 65535}))
+    assert ExportTraceServiceRequest.FromString(SpanEncoder().encode([span])) == encode_spans([span])
