@@ -3,6 +3,7 @@ workload, and leaves nothing behind on Ctrl-C, on SIGTERM, and (at the next star
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from podwire.demo.cluster import list_netns
+from podwire.demo.cluster import STATE_DIR, list_netns
 
 pytestmark = [
     pytest.mark.live,
@@ -28,8 +29,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _demo_namespaces() -> set[str]:
-    return {name for name in list_netns("pwd") if "-" in name}
+def _prefix_of(pid: int, timeout: float = 30.0) -> str:
+    """The cluster prefix a demo process recorded as its own (other demos may run beside this test)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in STATE_DIR.glob("pwd*.json"):
+            try:
+                state = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # being written or removed
+            if state.get("pid") == pid:
+                return str(state["prefix"])
+        time.sleep(0.1)
+    raise AssertionError(f"demo pid {pid} recorded no cluster in {STATE_DIR}")
+
+
+def _namespaces(prefix: str) -> set[str]:
+    return set(list_netns(prefix + "-"))
 
 
 def _children(pid: int) -> list[int]:
@@ -77,7 +93,6 @@ def _get(port: int, path: str) -> tuple[int, str]:
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_demo_shows_named_edges_serves_http_and_leaves_nothing_when_stopped(how: signal.Signals) -> None:
-    before = _demo_namespaces()
     port = _free_port()
     proc = _start(port)
     try:
@@ -91,35 +106,40 @@ def test_demo_shows_named_edges_serves_http_and_leaves_nothing_when_stopped(how:
         assert "podwire_tcp_connections_total{" in text and 'client_workload="frontend"' in text
         children = _children(proc.pid)
         assert children, "the demo runs its servers and clients as child processes"
-        assert _demo_namespaces() - before, "the demo made its namespaces"
+        prefix = _prefix_of(proc.pid)
+        assert _namespaces(prefix), "the demo made its namespaces"
         proc.send_signal(how)
         assert proc.wait(30) in (0, 128 + how, -how)  # 130 after Ctrl-C, 143 after SIGTERM
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert _demo_namespaces() - before == set()
+    assert _namespaces(prefix) == set()
+    assert not (STATE_DIR / f"{prefix}.json").exists()
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
 def test_a_killed_demo_is_cleaned_up_by_the_next_one() -> None:
-    before = _demo_namespaces()
     port = _free_port()
     killed = _start(port)
     try:
         _wait_for_edges(killed)
-        left = _demo_namespaces() - before
+        prefix = _prefix_of(killed.pid)
+        left = _namespaces(prefix)
         assert left
     finally:
         killed.kill()  # SIGKILL: no handler runs
         killed.wait()
-    assert _demo_namespaces() - before == left  # what a crash leaves behind ...
+    assert _namespaces(prefix) == left  # what a crash leaves behind ...
     nxt = _start(_free_port(), "--duration", "3")
     try:
+        nxt_prefix = _prefix_of(nxt.pid)
         assert nxt.wait(60) == 0
     finally:
         if nxt.poll() is None:
             nxt.kill()
             nxt.wait()
-    assert _demo_namespaces() - before == set()  # ... the next start removed, and its own too
+    assert _namespaces(prefix) == set()  # ... the next start removed, and its own too
+    assert not (STATE_DIR / f"{prefix}.json").exists()
+    assert _namespaces(nxt_prefix) == set()
