@@ -49,7 +49,7 @@ tracker.expire(t0 + 200.0)  # past time_wait_s: the finished entries are forgott
 gc.collect()
 print(json.dumps({"base": base, "peak": status("VmHWM"), "after": status("VmRSS"),
     "half_open": stats.half_open, "evicted": stats.evictions.get("half_open", 0), "timeouts": timeouts,
-    "left": len(tracker), "compactions": tracker.compactions}))
+    "left": len(tracker), "compactions": getattr(tracker, "compactions", 0)}))  # 0: before the fix
 """
 
 
@@ -65,5 +65,5 @@ def test_syn_flood_memory_is_bounded_and_returned() -> None:
     # per half-open entry, with its TIMEOUT record built when it expires: README "Known limits"
     assert grown / cap <= 1300, f"{grown / cap:.0f} bytes per half-open entry at the peak"
     kept = r["after"] - r["base"]
-    assert r["compactions"] >= 1
     assert kept <= grown / 4, f"kept {kept / 2**20:.1f} MiB of a {grown / 2**20:.1f} MiB flood"
+    assert r["compactions"] >= 1
