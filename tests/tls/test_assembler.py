@@ -177,6 +177,27 @@ def test_retransmission_is_trimmed_and_a_gap_without_record_start_is_dropped(cer
     assert asm.stats.gap == 1
 
 
+def test_a_hello_whose_continuation_never_came_is_counted_incomplete(cert, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # What the live capture sees when a ClientHello spans two segments: the kernel passes only the
+    # first (it starts a record); the ServerHello still arrives.
+    flight = handshake(cert, tmp_path, version=ssl.TLSVersion.TLSv1_2)
+    first, _lost, *rest = chunks(flight, split=100)
+    passed = [c for c in rest if c.payload[0] == 0x16 and c.payload[5] in (1, 2, 11)]  # FILTER_PARTS
+    assert passed and all(c.src == SERVER for c in passed)
+    asm, info = run([first, *passed])
+    assert asm.stats.incomplete == 1 and asm.stats.client_hellos == 0
+    assert info is not None and info.version == "TLS 1.2" and info.ja3 is None and info.server_name is None
+    assert asm.stats.failures()["incomplete"] == 1
+    # and one that expires without a record is counted the same way
+    asm = TlsAssembler(TlsLimits(ttl_s=1.0))
+    asm.feed([first])
+    asm.expire(now=first.ts + 2.0)
+    assert (asm.stats.expired, asm.stats.incomplete, len(asm)) == (1, 1, 0)
+    # a complete handshake is never incomplete
+    asm, _ = run(chunks(flight, split=100))
+    assert asm.stats.incomplete == 0
+
+
 def test_byte_bound_gives_up_and_counts(cert, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     flight = handshake(cert, tmp_path, version=ssl.TLSVersion.TLSv1_2)
     assert len(flight.client[0]) < 300 < sum(map(len, flight.server))

@@ -161,9 +161,9 @@ def cases(ip: str) -> list[Case]:
 class LiveTls:
     """podwire's live capture + tracker + TLS assembler in the node namespace, in a thread."""
 
-    def __init__(self, pods: Pods) -> None:
+    def __init__(self, pods: Pods, include: str | None = None) -> None:
         self.settings = Settings(
-            netns=pods.node, interface_include=f"^{pods.host_ifs[0]}$", log_format="console"
+            netns=pods.node, interface_include=include or f"^{pods.host_ifs[0]}$", log_format="console"
         )
         self.capture = LiveCapture(self.settings)
         self.sink = CollectingSink()

@@ -11,9 +11,10 @@ Design (stateless kernel, a little state in user space):
   (tests/tls/test_tls_live.py measures the frames passed during a bulk HTTPS download).
   At a pod's veth the kernel hands AF_PACKET the skb before segmentation (TSO/GSO) or after
   coalescing (GRO), so a hello or a server flight written in one go usually arrives as one frame
-  that holds it whole; `SNAPLEN_TLS` covers that.  A flight really split into MSS-sized segments
-  on the wire loses its continuation segments in the kernel; the assembler then parses what it
-  has, resynchronises on the next segment that starts a record, and counts the gap.
+  that holds it whole; `SNAPLEN_TLS` covers that.  A flight that reaches the veth really split
+  (from off the node without GRO merging it, or written in several writes) loses its continuation
+  segments in the kernel; the assembler parses what it has and counts the unfinished message
+  (`TlsStats.incomplete`; tests/tls/test_split_live.py, README "Known limits").
 - **Decoder tap.** Replay (no kernel filter) and GSO frames reach the decoder with whatever
   follows; the tap passes a payload if it starts a handshake record, or if it lies inside the
   handshake records begun by an earlier passed payload of the same direction (it walks the record

@@ -89,6 +89,7 @@ TLS_ERROR_REASONS: Final = (
     "oversize",
     "certificate",
     "gap",
+    "incomplete",
     "not_handshake",
     "evicted",
 )

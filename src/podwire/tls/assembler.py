@@ -68,6 +68,7 @@ class TlsStats:
         "evicted",
         "expired",
         "gap",
+        "incomplete",
         "joined",
         "malformed",
         "not_handshake",
@@ -84,6 +85,9 @@ class TlsStats:
         self.joined = 0  # TLS facts attached to a connection record
         self.not_handshake = 0  # first payload of a direction did not start a handshake record
         self.gap = 0  # a payload after missing bytes that does not start a record
+        # a direction whose handshake message began but never completed before the connection's
+        # record (live: its continuation segments did not pass the stateless kernel filter)
+        self.incomplete = 0
         self.malformed = 0  # a record or message field that cannot be right
         self.truncated = 0  # a hello that ended before its declared length
         self.oversize = 0  # a direction over max_handshake_bytes (given up)
@@ -106,6 +110,7 @@ class TlsStats:
             "oversize": self.oversize,
             "certificate": self.certificate_errors,
             "gap": self.gap,
+            "incomplete": self.incomplete,
             "not_handshake": self.not_handshake,
             "evicted": self.evicted,
         }
@@ -310,7 +315,10 @@ class TlsAssembler:
         conn = self._conns.pop(
             _key(record.point, client, record.client.port, server, record.server.port), None
         )
-        if conn is None or (conn.client_hello is None and conn.server_hello is None):
+        if conn is None:
+            return None
+        self._count_incomplete(conn)
+        if conn.client_hello is None and conn.server_hello is None:
             return None
         self.stats.joined += 1
         return info(conn.client_hello, conn.server_hello, conn.cert)
@@ -323,8 +331,13 @@ class TlsAssembler:
             key = next(iter(conns))
             if conns[key].ts >= cutoff:
                 break
-            del conns[key]
+            self._count_incomplete(conns.pop(key))
             self.stats.expired += 1
+
+    def _count_incomplete(self, conn: _Conn) -> None:
+        for d in conn.dirs.values():
+            if not d.done and (d.records or d.messages):
+                self.stats.incomplete += 1
 
 
 def info(ch: ClientHello | None, sh: ServerHello | None, cert: CertificateFacts | None) -> TlsInfo:
