@@ -100,11 +100,15 @@ def _h(state: blake2b, data: bytes) -> int:
     return int.from_bytes(h.digest(), "big") or 1  # all-zero ids are invalid in OTel
 
 
-def span_ids(client_isn: int, server_isn: int | None) -> SpanIds:
-    """The ids both ends derive independently (see the module doc)."""
-    base = (
+def _id_base(client_isn: int, server_isn: int | None) -> bytes:
+    return (
         _ISNS.pack(client_isn, server_isn) if server_isn is not None else _ISN.pack(client_isn) + _FAILED_TAG
     )
+
+
+def span_ids(client_isn: int, server_isn: int | None) -> SpanIds:
+    """The ids both ends derive independently (see the module doc)."""
+    base = _id_base(client_isn, server_isn)
     return SpanIds(_h(_BLAKE16, base), _h(_BLAKE8, base + b"client"), _h(_BLAKE8, base + b"server"))
 
 
@@ -215,9 +219,12 @@ def tls_attributes(tls: TlsInfo) -> dict[str, str]:
 class _End:
     """What every span of one end shares: (kind, local, peer, server port) decide all of it."""
 
-    __slots__ = ("attrs", "name", "parent", "resource")
+    __slots__ = ("attrs", "kind", "name", "parent", "resource")
 
-    def __init__(self, name: str, resource: Resource, attrs: dict[str, str], parent: bool) -> None:
+    def __init__(
+        self, kind: SpanKind, name: str, resource: Resource, attrs: dict[str, str], parent: bool
+    ) -> None:
+        self.kind = kind
         self.name = name
         self.resource = resource
         self.attrs = attrs  # the peer's attributes
@@ -258,16 +265,28 @@ class SpanSink:
             self.skipped += 1
             return
         assert rec.client_isn is not None  # has_span
-        ids = span_ids(rec.client_isn, rec.server_isn)
-        if not sampled(ids.trace_id, self._ratio):
+        # the ids as span_ids derives them, each hashed only when a span here needs it
+        base = _id_base(rec.client_isn, rec.server_isn)
+        trace_id = _h(_BLAKE16, base)
+        if not sampled(trace_id, self._ratio):
             if self._on_sampled_out is not None:
                 self._on_sampled_out()
             return
         client_end, server_end = span_ends(rec, conn.client, conn.server)
+        port = rec.server.port
+        client_id = 0
         if client_end:
-            self._emit(rec, ids, SpanKind.CLIENT, conn.client, conn.server)
+            client_id = _h(_BLAKE8, base + b"client")
+            end = self._end(SpanKind.CLIENT, conn.client, conn.server, port)
+            self._emit(rec, end, SpanContext(trace_id, client_id, False, _SAMPLED), None)
         if server_end:
-            self._emit(rec, ids, SpanKind.SERVER, conn.server, conn.client)
+            end = self._end(SpanKind.SERVER, conn.server, conn.client, port)
+            context = SpanContext(trace_id, _h(_BLAKE8, base + b"server"), False, _SAMPLED)
+            parent = None
+            if end.parent:
+                client_id = client_id or _h(_BLAKE8, base + b"client")
+                parent = SpanContext(trace_id, client_id, True, _SAMPLED)
+            self._emit(rec, end, context, parent)
 
     def _end(self, kind: SpanKind, local: Identity, peer: Identity, port: int) -> _End:
         key = (kind, local, peer, port)
@@ -285,17 +304,16 @@ class SpanSink:
             # A client that sends no span of its own (external, node, hostNetwork) leaves the server
             # span as the root: a parent id that never arrives would show as a broken trace.
             parent = kind is SpanKind.SERVER and peer_has_span
-            end = _End(span_name(kind, server, port), self._resources.get(local), attrs, parent)
+            end = _End(kind, span_name(kind, server, port), self._resources.get(local), attrs, parent)
             if len(self._ends) >= _ENDS:
                 self._ends.clear()
             self._ends[key] = end
         return end
 
     def _emit(
-        self, rec: ConnectionRecord, ids: SpanIds, kind: SpanKind, local: Identity, peer: Identity
+        self, rec: ConnectionRecord, end: _End, context: SpanContext, parent: SpanContext | None
     ) -> None:
         assert rec.start_time is not None  # checked by the caller
-        end = self._end(kind, local, peer, rec.server.port)
         finish = rec.end_time if rec.end_time is not None else rec.start_time + (rec.duration_s or 0.0)
         attrs: dict[str, str | int | float | bool] = {
             n.CLIENT_ADDRESS: rec.client.address,
@@ -325,19 +343,13 @@ class SpanSink:
             attrs[n.SPAN_CLIENT_GUESSED] = True
         if rec.tls is not None:
             attrs.update(tls_attributes(rec.tls))
-        if kind is SpanKind.CLIENT:
-            context = SpanContext(ids.trace_id, ids.client_span_id, False, _SAMPLED)
-            parent = None
-        else:
-            context = SpanContext(ids.trace_id, ids.server_span_id, False, _SAMPLED)
-            parent = SpanContext(ids.trace_id, ids.client_span_id, True, _SAMPLED) if end.parent else None
         span = ReadableSpan(
             name=end.name,
             context=context,
             parent=parent,
             resource=end.resource,
             attributes=attrs,
-            kind=kind,
+            kind=end.kind,
             status=_ERRORS.get(rec.outcome, _UNSET),
             start_time=round(rec.start_time * 1e6) * 1000,
             end_time=round(finish * 1e6) * 1000,
