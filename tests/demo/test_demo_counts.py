@@ -2,7 +2,9 @@
 
 Its final table must show exactly the refused, reset and external connections the traffic
 generator made (the generator's counts are in its "traffic stopped" log line), and the busiest
-edge must grow in every 5 s report: a capture that stops after a while fails here.
+edge must grow in every 5 s report: a capture that stops after a while fails here.  Its long-lived
+connection (loadgen to db, through 3% random loss) shows its bytes rising while it is open, an RTT
+and retransmits, and its exact bytes once closed (socket stats).
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ pytestmark = [
 
 DURATION_S = 50
 _EDGE = re.compile(
-    r"^t=(?P<t>\d+) edge (?P<client>.+?) -> (?P<server>.+?):(?P<port>\d+) open=\d+ conns=(?P<conns>\d+) "
-    r"closed=(?P<closed>\d+) reset=(?P<reset>\d+) refused=(?P<refused>\d+) timeout=(?P<timeout>\d+) "
+    r"^t=(?P<t>\d+) edge (?P<client>.+?) -> (?P<server>.+?):(?P<port>\d+) open=(?P<open>\d+) "
+    r"conns=(?P<conns>\d+) closed=(?P<closed>\d+) reset=(?P<reset>\d+) refused=(?P<refused>\d+) "
+    r"timeout=(?P<timeout>\d+) bytes_c2s=(?P<bytes_c2s>\d+) bytes_s2c=(?P<bytes_s2c>\d+) .*"
+    r"rtt_ms=(?P<rtt_ms>\S+) retransmits=(?P<retransmits>\d+)$"
 )
 
 
@@ -42,6 +46,11 @@ class Edge:
     reset: int
     refused: int
     timeout: int
+    open: int
+    bytes_c2s: int
+    bytes_s2c: int
+    rtt_ms: str
+    retransmits: int
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -60,7 +69,11 @@ def _parse(lines: list[str]) -> list[Edge]:
                     d["client"],
                     d["server"],
                     int(d["port"]),
-                    *(int(d[k]) for k in ("conns", "closed", "reset", "refused", "timeout")),
+                    *(int(d[k]) for k in ("conns", "closed", "reset", "refused", "timeout", "open")),
+                    int(d["bytes_c2s"]),
+                    int(d["bytes_s2c"]),
+                    d["rtt_ms"],
+                    int(d["retransmits"]),
                 )
             )
     return out
@@ -119,3 +132,19 @@ def test_the_demo_table_equals_what_its_traffic_generator_made() -> None:
     series = [next((e.conns for e in reports if e.t == t and e.key == busiest), 0) for t in times]
     stalled = [(times[i], a, b) for i, (a, b) in enumerate(itertools.pairwise(series)) if b <= a]
     assert not stalled, f"busiest edge {busiest} stopped growing (t, before, after): {stalled}; {series}"
+
+    # socket stats: the long-lived connection, open the whole run, over the lossy path to db
+    from podwire.demo.traffic import LONG_LIVED_RATE, TrafficPlan
+
+    long_key = ("tools/loadgen", "shop/db", 5432)
+    while_open = [e for e in reports if e.key == long_key and e.open == 1 and e.conns == 0]
+    rising = [e.bytes_c2s for e in while_open]
+    assert len(set(rising)) >= 3 and rising == sorted(rising), f"bytes while open: {rising}"
+    assert all(e.rtt_ms != "-" for e in while_open[1:]), while_open
+    done = final[long_key]
+    assert (done.open, done.conns, done.closed) == (0, 1, 1), done
+    # exact at close: "HOLD\n", then k pings of a fixed size each answered by a 5-byte "PONG\n"
+    ping = len(b"PING ") + int(LONG_LIVED_RATE * TrafficPlan().long_lived_ping_s) + 1
+    pings = done.bytes_s2c // 5
+    assert pings >= 3 and (done.bytes_c2s, done.bytes_s2c) == (5 + pings * ping, 5 * pings), done
+    assert done.retransmits > 0, done  # 3% of its data segments dropped on the way to db
