@@ -8,16 +8,19 @@ import ctypes
 import os
 import platform
 import socket
+import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import pytest
 from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
 
-from podwire.demo.cluster import Cluster, call_in_netns
+from podwire.demo.cluster import Cluster, call_in_netns, netns_path
 from podwire.model import StatsRound
-from podwire.sockstats.sampler import SKIP_DENIED, SKIP_VANISHED, NodeTarget, Sampler
+from podwire.sockstats.sampler import SKIP_DENIED, SKIP_NOT_FOUND, SKIP_VANISHED, NodeTarget, Sampler
 from tests.live.harness import client_socket, listener
 
 
@@ -169,3 +172,123 @@ def test_a_pod_the_sampler_may_not_enter_is_counted_as_denied_not_vanished(two_p
             sampler.close()
 
     _in_a_thread(worker)
+
+
+def test_without_named_namespaces_a_pod_is_found_through_its_process(
+    two_pod_cluster: Cluster, tmp_path: Path
+) -> None:
+    """The hostPID way: no namespace file under the netns directory (an empty one here), so the
+    server pod is found through a process of its sandbox (/proc/<pid>/ns/net); the client pod, with
+    no process, is not found and counted."""
+    cluster = two_pod_cluster
+    node = cluster.nodes[0]
+    client, server = cluster.pod("client"), cluster.pod("server")
+    sandbox = subprocess.Popen(["ip", "netns", "exec", server.netns, "sleep", "120"])
+    lsock = listener(cluster, server, port=8080)
+    c = client_socket(cluster, client)
+    c.connect((server.ipv4, 8080))
+    s, _ = lsock.accept()
+    rounds: list[StatsRound] = []
+    # the node's own namespace by its full path: only pods are looked up in the (empty) directory
+    target = NodeTarget(
+        str(netns_path(node.netns)), rounds.append, netns_dir=str(tmp_path), include=cluster.host_veth_pattern
+    )
+    sampler = Sampler([target], interval_s=60)
+    try:
+        c.sendall(b"x" * 4321)
+        assert len(s.recv(8192)) > 0
+        deadline = time.monotonic() + 20
+        while True:  # (wait for `ip netns exec` to have entered the namespace and run sleep)
+            sampler.sample_once()
+            theirs = [x for x in rounds[-1].samples if x.point == server.host_ifindex and x.lport == 8080]
+            if (theirs and theirs[0].bytes_received == 4321) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert theirs and theirs[0].local_listens and theirs[0].bytes_received == 4321, rounds[-1]
+        assert {x.point for x in rounds[-1].samples} == {server.host_ifindex}
+        assert sampler.stats.skipped.get(SKIP_NOT_FOUND, 0) >= 1  # the client pod: no file, no process
+    finally:
+        sampler.close()
+        sandbox.kill()
+        sandbox.wait()
+        for x in (c, s, lsock):
+            x.close()
+
+
+def test_a_namespace_removed_in_the_middle_of_its_dump_is_not_fatal(
+    two_pod_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pod is deleted while its dump is between two netlink reads: its namespace file goes and
+    its sockets close.  The open sock_diag socket holds the namespace, so the dump ends normally
+    (with what is left) and counts as a dump; the next round no longer finds the pod."""
+    from podwire.sockstats import diag
+    from podwire.sockstats import sampler as sampler_module
+
+    cluster = two_pod_cluster
+    node = cluster.nodes[0]
+    ghost = f"{cluster.prefix}-node-a-ghost"
+    pyroute2_netns.create(ghost)
+    held: list[socket.socket] = []
+    try:
+
+        def add_ghost_veth() -> None:
+            with IPRoute() as ipr:
+                ipr.link(
+                    "add",
+                    ifname=f"{cluster.prefix}h98",
+                    kind="veth",
+                    peer={"ifname": "g0", "net_ns_fd": ghost},
+                )
+
+        call_in_netns(node.netns, add_ghost_veth)
+
+        def connections() -> list[socket.socket]:  # enough for several netlink reads
+            subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+            lsock = socket.socket()
+            lsock.bind(("127.0.0.1", 0))
+            lsock.listen(512)
+            out = [lsock]
+            for _ in range(200):
+                c = socket.create_connection(lsock.getsockname())
+                out += [c, lsock.accept()[0]]
+            return out
+
+        held += call_in_netns(ghost, connections)
+        ghost_ino = os.stat(f"/run/netns/{ghost}").st_ino
+        removed: list[int] = []  # messages of the ghost's dump read before it was removed
+
+        class RemovedMidDump(diag.DiagDump):
+            def __init__(self, one_walk: bool = True) -> None:
+                super().__init__(one_walk)  # (made inside the namespace it dumps)
+                self.ghost = _own_netns() == ghost_ino
+
+            def _dump(self, mtype: int, body: bytes) -> Iterator[tuple[bytearray, int, int]]:
+                for n, found in enumerate(super()._dump(mtype, body)):
+                    if self.ghost and mtype == diag.TCPDIAG_GETSOCK and n == 1 and not removed:
+                        pyroute2_netns.remove(ghost)  # the pod is deleted: file gone, sockets closed
+                        for x in held:
+                            x.close()
+                        removed.append(n)
+                    yield found
+
+        monkeypatch.setattr(sampler_module, "DiagDump", RemovedMidDump)
+        rounds: list[StatsRound] = []
+        target = NodeTarget(node.netns, rounds.append, include=cluster.host_veth_pattern)
+        sampler = Sampler([target], interval_s=60)
+        home = _own_netns()
+        sampler.sample_once()
+        assert removed == [1], "the ghost was dumped and removed in the middle"
+        assert not os.path.exists(f"/run/netns/{ghost}")
+        assert sampler.stats.dumps == 3 and sampler.stats.skipped == {}  # its dump ended normally
+        assert _own_netns() == home
+        assert {x.point for x in rounds[-1].samples} <= {p.host_ifindex for p in cluster.pods}
+        # later rounds: the pod is gone (its veth may outlive it briefly: then it is not found)
+        sampler.sample_once()
+        assert sampler.stats.dumps == 5 and set(sampler.stats.skipped) <= {SKIP_NOT_FOUND}
+        assert sampler.failed is None and _own_netns() == home
+        sampler.close()
+    finally:
+        if os.path.exists(f"/run/netns/{ghost}"):
+            pyroute2_netns.remove(ghost)
+        for x in held:
+            x.close()
