@@ -209,14 +209,16 @@ def test_random_drops_show_as_retransmits_on_the_lossy_edge_only(
         readers = [threading.Thread(target=drain, args=(s,), daemon=True) for _, s in pairs]
         for t in readers:
             t.start()
-        for c, _ in pairs:
-            send_exact(c, 4_000_000)
         retrans = "podwire_tcp_retransmits_total"
-        wait_until(
-            lambda: scrape(a, retrans, server_workload="api", sender="client") > 0,
-            timeout=15,
-            what="retransmits on the lossy edge",
-        )
+        # Over a veth, GRO hands nftables ~64 KiB at a time, so 4 MB is only ~60 chances to drop: with
+        # 5% that is no drop at all once in ~20 runs. Send the same to both edges until the lossy
+        # one has retransmitted plenty (bounded), as a user's busy connection would.
+        deadline = time.monotonic() + 45
+        while scrape(a, retrans, server_workload="api", sender="client") < 10:
+            assert time.monotonic() < deadline, "timed out waiting for retransmits on the lossy edge"
+            for c, _ in pairs:
+                send_exact(c, 2_000_000)
+            time.sleep(INTERVAL)
         assert (
             scrape(a, "podwire_tcp_connections_retransmitting_total", server_workload="api", sender="client")
             == 1
@@ -349,8 +351,9 @@ def test_a_20_ms_delay_shows_as_a_20_ms_rtt(two_pod_cluster: Cluster, tmp_path: 
             s.sendall(b"r" * 100)
             recv_exact(c, 100)
             trips.append(time.monotonic() - t0)
-        # what the programs saw: 20 ms plus the relay's own time (a Python process on a busy machine)
-        seen = sorted(trips)[len(trips) // 2]
+        # what the programs saw: 20 ms plus the relay's own time (a Python process on a busy machine);
+        # srtt is a moving average that a few slow trips lift, so compare it with a high percentile
+        seen = sorted(trips)[(len(trips) * 9) // 10]
         c.close()
         assert read_to_eof(s) == 0
         s.close()
