@@ -246,3 +246,22 @@ def test_cryptography_loads_at_the_first_certificate_not_with_tls_insight() -> N
         "assert 'cryptography' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_a_repeated_offer_reuses_its_fingerprints_but_never_the_sni(cert, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from podwire.tls import assembler as asm_mod
+
+    asm = TlsAssembler()
+    got = []
+    for port, sni in ((40001, "a.podwire.test"), (40002, "b.podwire.test"), (40003, None)):
+        asm.feed(chunks(handshake(cert, tmp_path, sni=sni, alpn=("h2",)), cport=port))
+        got.append(asm.take(record(cport=port)))
+    assert [i.server_name for i in got if i is not None] == ["a.podwire.test", "b.podwire.test", None]
+    a, b, c = got
+    assert a is not None and b is not None and c is not None
+    assert (a.ja3, a.ja4, a.client_ciphers) == (b.ja3, b.ja4, b.client_ciphers)  # one offer, one entry
+    assert c.ja3 != a.ja3 and c.ja4 is not None and c.ja4[3] == "i"  # no server_name extension: another
+    assert len(asm._offers) == 2
+    for i in range(asm_mod._OFFER_CACHE + 5):
+        asm._offer(asm_mod.ClientHello(0x0303, (i,), (), None, (), (), (), (), ()))
+    assert len(asm._offers) <= asm_mod._OFFER_CACHE

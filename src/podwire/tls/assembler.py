@@ -46,6 +46,8 @@ MAX_RECORD: Final = 16_384 + 2_048  # TLSCiphertext.length upper bound (RFC 8446
 TLS13: Final = 0x0304
 _SEQ_MOD: Final = 1 << 32
 _CERT_CACHE: Final = 256  # parsed leaf certificates kept by DER (servers repeat theirs)
+# a client's fingerprints and offer names, kept by its hello's fields (clients repeat theirs)
+_OFFER_CACHE: Final = 256
 
 Key = tuple[int, bytes, int, bytes, int]  # point, lower (addr, port), higher (addr, port)
 
@@ -164,6 +166,7 @@ class TlsAssembler:
         self.stats = TlsStats()
         self._conns: dict[Key, _Conn] = {}
         self._certs: dict[bytes, CertificateFacts] = {}
+        self._offers: dict[tuple[object, ...], ClientFacts] = {}
 
     def __len__(self) -> int:
         return len(self._conns)
@@ -321,7 +324,23 @@ class TlsAssembler:
         if conn.client_hello is None and conn.server_hello is None:
             return None
         self.stats.joined += 1
-        return info(conn.client_hello, conn.server_hello, conn.cert)
+        return info(conn.client_hello, conn.server_hello, conn.cert, self._offer(conn.client_hello))
+
+    def _offer(self, ch: ClientHello | None) -> ClientFacts | None:
+        """The hello's JA3/JA4 and names, computed once per distinct offer (benchmarks/tls_decode.py:
+        they were ~2/3 of a handshake's cost, and a client sends the same offer every time)."""
+        if ch is None:
+            return None
+        key = (
+            ch.legacy_version, ch.ciphers, ch.extensions, ch.groups, ch.point_formats,
+            ch.supported_versions, ch.alpn, ch.signature_algorithms,
+        )  # fmt: skip
+        facts = self._offers.get(key)
+        if facts is None:
+            if len(self._offers) >= _OFFER_CACHE:
+                self._offers.clear()
+            facts = self._offers[key] = client_facts(ch)
+        return facts
 
     def expire(self, now: float) -> None:
         """Drop the state of connections first seen more than ttl_s ago (they never got a record)."""
@@ -340,24 +359,48 @@ class TlsAssembler:
                 self.stats.incomplete += 1
 
 
-def info(ch: ClientHello | None, sh: ServerHello | None, cert: CertificateFacts | None) -> TlsInfo:
-    """The record's view of a handshake."""
+@dataclass(frozen=True, slots=True)
+class ClientFacts:
+    """What a ClientHello's offer gives a record, apart from the SNI."""
+
+    ja3: str
+    ja4: str
+    alpn: tuple[str, ...]
+    versions: tuple[str, ...]
+    ciphers: tuple[str, ...]
+
+
+def client_facts(ch: ClientHello) -> ClientFacts:
+    return ClientFacts(
+        ja3=fingerprints.ja3(ch),
+        ja4=fingerprints.ja4(ch),
+        alpn=tuple(p.decode("ascii", "replace") for p in ch.alpn),
+        versions=tuple(version_name(v) for v in ch.supported_versions if not is_grease(v)),
+        ciphers=tuple(cipher_name(c) for c in ch.ciphers if not is_grease(c)),
+    )
+
+
+def info(
+    ch: ClientHello | None,
+    sh: ServerHello | None,
+    cert: CertificateFacts | None,
+    offer: ClientFacts | None = None,
+) -> TlsInfo:
+    """The record's view of a handshake (`offer`: client_facts(ch), if already known)."""
     alpn = sh.alpn.decode("ascii", "replace") if sh is not None and sh.alpn else None
+    if ch is not None and offer is None:
+        offer = client_facts(ch)
     return TlsInfo(
         server_name=ch.server_name if ch is not None else None,
         version=version_name(sh.version) if sh is not None else None,
         cipher=cipher_name(sh.cipher) if sh is not None else None,
         alpn=alpn,
-        client_alpn=tuple(p.decode("ascii", "replace") for p in ch.alpn) if ch is not None else (),
-        client_versions=tuple(version_name(v) for v in ch.supported_versions if not is_grease(v))
-        if ch is not None
-        else (),
-        client_ciphers=tuple(cipher_name(c) for c in ch.ciphers if not is_grease(c))
-        if ch is not None
-        else (),
-        ja3=fingerprints.ja3(ch) if ch is not None else None,
+        client_alpn=offer.alpn if offer is not None else (),
+        client_versions=offer.versions if offer is not None else (),
+        client_ciphers=offer.ciphers if offer is not None else (),
+        ja3=offer.ja3 if offer is not None else None,
         ja3s=fingerprints.ja3s(sh) if sh is not None else None,
-        ja4=fingerprints.ja4(ch) if ch is not None else None,
+        ja4=offer.ja4 if offer is not None else None,
         certificate_not_before=cert.not_before if cert is not None else None,
         certificate_not_after=cert.not_after if cert is not None else None,
         certificate_subject=cert.subject if cert is not None else None,

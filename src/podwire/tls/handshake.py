@@ -8,6 +8,7 @@ only ever slices what it was given.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Final
 
@@ -124,8 +125,8 @@ class _Reader:
     def u16_list(self, n: int) -> tuple[int, ...]:
         if n & 1:
             raise TlsError("malformed")
-        r = self.sub(n)
-        return tuple(r.u16() for _ in range(n // 2))
+        r = self.sub(n)  # bounds-checked; one unpack for the list (a read per value cost ~1/3 of a hello)
+        return struct.unpack_from(f"!{n // 2}H", r.buf, r.pos)
 
 
 def _name(raw: bytes) -> str:
