@@ -68,7 +68,7 @@ def test_tap_follows_the_records_a_passed_payload_began_and_nothing_else() -> No
     seg(b"q" * 300, 5000, sport=40001)  # another connection's bulk data
     chunks = dec.take_tls()
     assert [(c.seq, c.payload) for c in chunks] == [(100, first), (1100, second)]
-    assert dec.tls is not None and not dec.tls._follow
+    assert dec.tls is not None and not dec.tls.follow
     assert dec.take_tls() == []
 
 

@@ -158,8 +158,12 @@ class Decoder:
                 flags = buf[off + 47]
                 if not flags & CONTROL:
                     stats.data += 1
-                    if self.tls is not None:
-                        self.tls.tcp(buf, off + 34, off + 14 + total, end, ts, point, off + 26, 4)
+                    tls = self.tls
+                    if tls is not None:
+                        # Most payloads start no handshake record and nothing is followed: no call.
+                        p = off + 34 + ((buf[off + 46] >> 4) << 2)
+                        if p < off + 14 + total and p < end and (buf[p] == 0x16 or tls.follow):
+                            tls.tcp(buf, off + 34, off + 14 + total, end, ts, point, off + 26, 4)
                     return None
                 src, dst, sport, dport, seq, ack, doff = _V4_TCP.unpack_from(buf, off + 26)
                 doff = (doff >> 4) << 2
@@ -181,11 +185,13 @@ class Decoder:
             flags = buf[off + 67]
             if not flags & CONTROL:
                 stats.data += 1
-                if self.tls is not None:
+                tls = self.tls
+                if tls is not None:
                     plen = (buf[off + 18] << 8) | buf[off + 19]
-                    self.tls.tcp(
-                        buf, off + 54, off + 54 + plen if plen else end, end, ts, point, off + 22, 16
-                    )
+                    ip_end = off + 54 + plen if plen else end
+                    p = off + 54 + ((buf[off + 66] >> 4) << 2)
+                    if p < ip_end and p < end and (buf[p] == 0x16 or tls.follow):
+                        tls.tcp(buf, off + 54, ip_end, end, ts, point, off + 22, 16)
                 return None
             src, dst, sport, dport, seq, ack, doff = _V6_TCP.unpack_from(buf, off + 22)
             doff = (doff >> 4) << 2

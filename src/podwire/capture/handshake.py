@@ -52,12 +52,13 @@ _PORTS_SEQ: Final = struct.Struct("!HHI")
 class HandshakeTap:
     """Collects `TlsChunk`s for the decoder (`take` empties them, like DNS answers)."""
 
-    __slots__ = ("_follow", "_out", "dropped_follow", "passed")
+    __slots__ = ("_out", "dropped_follow", "follow", "passed")
 
     def __init__(self) -> None:
         self._out: list[TlsChunk] = []
-        # (src, sport, dst, dport) -> sequence number where the handshake records begun so far end
-        self._follow: dict[tuple[bytes, int, bytes, int], int] = {}
+        # (src, sport, dst, dport) -> sequence number where the handshake records begun so far end;
+        # the decoder calls `tcp` only for a payload starting with 0x16 or while this is not empty
+        self.follow: dict[tuple[bytes, int, bytes, int], int] = {}
         self.passed = 0
         self.dropped_follow = 0
 
@@ -86,7 +87,7 @@ class HandshakeTap:
         size = pend - p
         if size <= 0:
             return
-        follow = self._follow
+        follow = self.follow
         if buf[p] != 0x16 and not follow:
             return  # the common case in replay: bulk data, nothing being followed
         sport, dport, seq = _PORTS_SEQ.unpack_from(buf, t)
