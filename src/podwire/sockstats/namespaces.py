@@ -16,8 +16,10 @@ Answers are cached by the file's inode (a namespace keeps its inode for its whol
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import socket
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -27,6 +29,8 @@ _log = log.get("podwire.sockstats")
 
 DEFAULT_NETNS_DIR = "/run/netns"
 _MAX_CACHE = 65_536  # inodes remembered (cleared when full)
+_RTMGRP_LINK = 0x1
+_EVENTS_BUF = 1 << 16
 
 
 class PodLink(NamedTuple):
@@ -55,9 +59,38 @@ class NodeNetlink:
 
         self._include = re.compile(include)
         self._exclude = re.compile(exclude)
+        # Link events, joined before the first listing: the listing is read again only after one
+        # came (pyroute2's listing cost ~0.7 ms per link each round, measured: 15 ms at 20 pods).
+        self._events = socket.socket(
+            socket.AF_NETLINK,
+            socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+            socket.NETLINK_ROUTE,
+        )
+        self._events.bind((0, _RTMGRP_LINK))
         self._ipr: Any = IPRoute()
+        self._links: list[PodLink] | None = None
+        self.listings = 0  # times the links were listed
 
     def pod_links(self) -> list[PodLink]:
+        """The pod veths now: listed again only when a link event came since the last listing."""
+        if self._changed() or self._links is None:
+            self._links = self._list()
+            self.listings += 1
+        return self._links
+
+    def _changed(self) -> bool:
+        changed = False
+        while True:
+            try:
+                self._events.recv(_EVENTS_BUF)
+            except BlockingIOError:
+                return changed
+            except OSError as exc:  # ENOBUFS: events were lost, so something changed
+                if exc.errno != errno.ENOBUFS:
+                    raise
+            changed = True
+
+    def _list(self) -> list[PodLink]:
         links: list[PodLink] = []
         for msg in self._ipr.get_links():
             info = msg.get("IFLA_LINKINFO")
@@ -78,6 +111,7 @@ class NodeNetlink:
 
     def close(self) -> None:
         self._ipr.close()
+        self._events.close()
 
 
 class NamespaceFinder:
