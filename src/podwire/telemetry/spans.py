@@ -252,7 +252,7 @@ class SpanSink:
         self._ratio = sample_ratio
         self._scope = scope or InstrumentationScope(n.TRACER_NAME)
         self._on_sampled_out = on_sampled_out
-        self._ends: dict[tuple[SpanKind, Identity, Identity, int], _End] = {}
+        self._ends: dict[tuple[bool, Identity, Identity, int], _End] = {}
         self.emitted = 0
         self.skipped = 0  # no client ISN or still open
 
@@ -289,7 +289,7 @@ class SpanSink:
             self._emit(rec, end, context, parent)
 
     def _end(self, kind: SpanKind, local: Identity, peer: Identity, port: int) -> _End:
-        key = (kind, local, peer, port)
+        key = (kind is SpanKind.SERVER, local, peer, port)  # a bool: an Enum hashes in Python
         end = self._ends.get(key)
         if end is None:
             if kind is SpanKind.CLIENT:
