@@ -21,6 +21,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind
+from opentelemetry.trace.status import Status
 
 _FIXED64 = struct.Struct("<Q")
 _DOUBLE = struct.Struct("<d")
@@ -139,6 +140,27 @@ def _scope(scope: InstrumentationScope | None) -> bytes:
     return out + _attributes(0x1A, scope.attributes)
 
 
+_names: dict[str, bytes] = {}
+_NAMES_MAX = 4096
+_statuses: dict[Status, bytes] = {}
+
+
+def _status(status: Status) -> bytes:
+    """Span.status (15), always present like the SDK's; cached per Status object (spans.py reuses
+    a few), bounded."""
+    enc = _statuses.get(status)
+    if enc is None:
+        body = b""
+        if status.description:
+            body += _len_field(0x12, status.description.encode())  # message = 2
+        if status.status_code.value:
+            body += b"\x18" + _varint(status.status_code.value)  # code = 3
+        enc = b"\x7a" + _varint(len(body)) + body
+        if len(_statuses) < 64:
+            _statuses[status] = enc
+    return enc
+
+
 def _span(span: ReadableSpan) -> bytes:
     ctx = span.context
     if ctx is None or span.events or span.links or (ctx.trace_state and len(ctx.trace_state)):
@@ -150,18 +172,17 @@ def _span(span: ReadableSpan) -> bytes:
     ]
     if parent is not None:
         out.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))  # parent_span_id = 4
-    out.append(_len_field(0x2A, span.name.encode()))  # name = 5
+    name = _names.get(span.name)
+    if name is None:
+        name = _len_field(0x2A, span.name.encode())  # name = 5
+        if len(_names) < _NAMES_MAX:  # span names have bounded cardinality (spans.span_name)
+            _names[span.name] = name
+    out.append(name)
     out.append(b"\x30" + _varint(_KIND[span.kind]))  # kind = 6
     out.append(b"\x39" + _FIXED64.pack(span.start_time or 0))  # start_time_unix_nano = 7
     out.append(b"\x41" + _FIXED64.pack(span.end_time or 0))  # end_time_unix_nano = 8
     out.append(_attributes(0x4A, span.attributes))  # attributes = 9
-    status = span.status
-    body = b""
-    if status.description:
-        body += _len_field(0x12, status.description.encode())  # message = 2
-    if status.status_code.value:
-        body += b"\x18" + _varint(status.status_code.value)  # code = 3
-    out.append(b"\x7a" + _varint(len(body)) + body)  # status = 15 (always present, like the SDK)
+    out.append(_status(span.status))
     flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent is not None and parent.is_remote else 0)
     out.append(b"\x85\x01" + _FIXED32.pack(flags))  # flags = 16 (fixed32)
     return b"".join(out)
