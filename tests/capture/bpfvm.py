@@ -160,4 +160,6 @@ def run(
                 else:
                     a = x
     except _Reject:
+        if steps is not None:
+            steps.append(executed)  # the load past the end was the last instruction run
         return 0
