@@ -42,13 +42,13 @@ from podwire.model import (
     StatsRound,
     TlsInfo,
 )
-from podwire.telemetry.metrics import AgentSnapshot
 from podwire.tracker.tracker import Tracker, TrackerLimits
 
 if TYPE_CHECKING:
     from podwire.identity.service import IdentityService
     from podwire.sockstats.conntrack import ConntrackBackends
     from podwire.sockstats.sampler import Sampler
+    from podwire.telemetry.metrics import AgentSnapshot
     from podwire.tls.assembler import TlsAssembler
     from podwire.tls.prober import CertificateProber
 
@@ -430,6 +430,8 @@ class NodeCapture:
         self._thread.start()
 
     def snapshot(self) -> AgentSnapshot:
+        from podwire.telemetry.metrics import AgentSnapshot  # run only: replay needs no OTel SDK
+
         cap, trk = self.capture.stats(), self.tracker.stats
         return AgentSnapshot(
             packets=cap.packets,
@@ -555,6 +557,8 @@ class Agent:
         self.views.register(self.http)
 
     def _views_snapshot(self) -> AgentSnapshot:
+        from podwire.telemetry.metrics import AgentSnapshot
+
         v, h = self.store.stats, self.http.stats
         return AgentSnapshot(
             views_connections=len(self.store),
@@ -569,9 +573,13 @@ class Agent:
         )
 
     def _identity_snapshot(self) -> AgentSnapshot:
+        from podwire.telemetry.metrics import AgentSnapshot
+
         return AgentSnapshot(identity_misses=self.identity.stats().index.lookups_missed)
 
     def _sockstats_snapshot(self) -> AgentSnapshot:
+        from podwire.telemetry.metrics import AgentSnapshot
+
         assert self.sampler is not None
         st = self.sampler.stats
         return AgentSnapshot(

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
-import urllib3
 
 from podwire import log
 from podwire.identity import slim
@@ -538,6 +537,8 @@ class KubeSource:
                 return
 
     def _watch(self, state: _KindState) -> None:
+        from urllib3.exceptions import HTTPError  # with the kubernetes client: not resident without it
+
         kind = state.kind
         rv = state.override_rv if state.override_rv is not None else state.rv
         state.reconnecting = False
@@ -570,7 +571,7 @@ class KubeSource:
                     line = next(lines)
                 except StopIteration:
                     return  # the server ended the watch (timeoutSeconds): resume from state.rv
-                except (OSError, ValueError, urllib3.exceptions.HTTPError) as exc:
+                except (OSError, ValueError, HTTPError) as exc:
                     raise _StreamLost(_brief(exc)) from None
                 if self._stop.is_set():
                     return
