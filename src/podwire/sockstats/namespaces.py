@@ -51,8 +51,10 @@ class LinkSource(Protocol):
 class NodeNetlink:
     """Netlink in the node namespace: veth listing (a LinkSource) and netnsid queries.
 
-    Create it in the node's namespace (its socket stays there).  `include`/`exclude` are the
-    capture's interface name patterns, so both see the same pods."""
+    Create it in the node's namespace (its socket stays there) and use it from that thread only:
+    pyroute2 0.9's IPRoute called from another thread talks through a new socket of that thread's
+    namespace (seen here: the node's veths listed from another thread came back empty).
+    `include`/`exclude` are the capture's interface name patterns, so both see the same pods."""
 
     def __init__(self, include: str = r".*", exclude: str = r"^$") -> None:
         from pyroute2 import IPRoute
