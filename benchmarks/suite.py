@@ -2,6 +2,8 @@
 
     benchmarks/run            # the full table (root; ~10-15 min on an idle 2-core machine)
     benchmarks/run --quick    # CI: small counts; checks exactness and bounds, not times (~1-2 min)
+    benchmarks/run --only replay,memory   # some scenarios (agent, replay, memory, bulk); memory's
+                                          # RSS rows come from the agent runs, so they need `agent`
     python -m benchmarks      # the same as benchmarks/run
 
 Scenarios (repeated --reps times, alternating, so a busy neighbour hits both sides alike):
@@ -112,6 +114,7 @@ print((rss() - base) / n)
 """
 
 # --quick bounds: regressions guards that hold today (the issue's targets are in the README)
+SCENARIOS = ("agent", "replay", "memory", "bulk")
 QUICK_BOUNDS = {
     "agent_idle_rss_mb": 160.0,
     "agent_peak_rss_mb": 200.0,
@@ -360,12 +363,47 @@ def version(argv: list[str]) -> str:
     return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else "?"
 
 
+def agent_scenario(quick: bool, reps: int, churn_n: int) -> list[dict[str, Any]]:
+    """`podwire run` under churn on a one-node cluster: metrics, spans (and one core busy), alternating."""
+    spec = ClusterSpec(
+        nodes=(
+            NodeSpec("node-a", (PodSpec("client", "bench", "client"), PodSpec("server", "bench", "server"))),
+        )
+    )
+    agent_runs: list[dict[str, Any]] = []
+    with Cluster(spec) as cluster:
+        inventory = write_inventory(cluster, cluster.workdir() / "inventory.yaml")
+        srv = cluster.run(cluster.pod("server"), [sys.executable, "-c", SERVER.format(port=PORT)])
+        try:
+            time.sleep(0.5)
+            modes: list[tuple[str, bool]] = [("metrics", False), ("spans", False)]
+            if not quick:
+                modes.append(("metrics", True))
+            for _ in range(reps):
+                for mode, busy in modes:
+                    agent_runs.append(churn(cluster, inventory, churn_n, mode, busy))
+                    print(f"  {agent_runs[-1]}", flush=True)
+        finally:
+            srv.kill()
+            srv.wait()
+    return agent_runs
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="benchmarks/run", description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="CI: small counts, exactness and bounds, not times")
     ap.add_argument("--reps", type=int, default=None, help="repetitions of each scenario (alternating)")
     ap.add_argument("--out", default=None, help="JSON output (default benchmarks/results/run[_quick].json)")
+    ap.add_argument(
+        "--only",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated scenarios to run, of {','.join(SCENARIOS)} (default: all)",
+    )
     args = ap.parse_args(argv)
+    only = set(args.only.split(","))
+    if not only <= set(SCENARIOS):
+        print(f"benchmarks/run: --only takes {','.join(SCENARIOS)}", file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("benchmarks/run needs root (network namespaces, AF_PACKET)", file=sys.stderr)
         return 2
@@ -399,27 +437,7 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(what)
 
     # --- agent under churn, metrics and spans alternating, tcpdump beside each ----------------
-    spec = ClusterSpec(
-        nodes=(
-            NodeSpec("node-a", (PodSpec("client", "bench", "client"), PodSpec("server", "bench", "server"))),
-        )
-    )
-    agent_runs: list[dict[str, Any]] = []
-    with Cluster(spec) as cluster:
-        inventory = write_inventory(cluster, cluster.workdir() / "inventory.yaml")
-        srv = cluster.run(cluster.pod("server"), [sys.executable, "-c", SERVER.format(port=PORT)])
-        try:
-            time.sleep(0.5)
-            modes: list[tuple[str, bool]] = [("metrics", False), ("spans", False)]
-            if not quick:
-                modes.append(("metrics", True))
-            for _ in range(reps):
-                for mode, busy in modes:
-                    agent_runs.append(churn(cluster, inventory, churn_n, mode, busy))
-                    print(f"  {agent_runs[-1]}", flush=True)
-        finally:
-            srv.kill()
-            srv.wait()
+    agent_runs = agent_scenario(quick, reps, churn_n) if "agent" in only else []
     result["agent"] = agent_runs
     for run in agent_runs:
         check(run["exact"], f"agent {run['mode']}: {run['closed_counted']} of {run['connections']} exact")
@@ -431,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     # (name, connections, data segments each): 7 + s + s // 2 packets per connection
     files = [("connections", 2_000 if quick else 100_000, 1), ("bulk", 20 if quick else 1_000, 400)]
     replays = []
-    for name, conns, segments in files:
+    for name, conns, segments in files if "replay" in only else []:
         pcap = cache / f"{name}-{conns}x{segments}.pcap"
         if not pcap.exists():
             make_pcap(pcap, conns, segments)
@@ -442,11 +460,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- memory -------------------------------------------------------------------------------
     sizes = (10_000,) if quick else (10_000, 100_000)
-    result["tracker_bytes_per_open_connection"] = {str(n): per_connection(n) for n in sizes}
+    if "memory" in only:
+        result["tracker_bytes_per_open_connection"] = {str(n): per_connection(n) for n in sizes}
     metrics_runs = [r for r in agent_runs if r["mode"] == "metrics"]
-    result["agent_idle_rss_mb"] = statistics.median(r["idle_rss_mb"] for r in metrics_runs)
-    result["agent_peak_rss_mb"] = max(r["peak_rss_mb"] for r in metrics_runs)
-    if quick:
+    if metrics_runs:
+        result["agent_idle_rss_mb"] = statistics.median(r["idle_rss_mb"] for r in metrics_runs)
+        result["agent_peak_rss_mb"] = max(r["peak_rss_mb"] for r in metrics_runs)
+    if quick and metrics_runs and "memory" in only:
         check(
             result["agent_idle_rss_mb"] <= QUICK_BOUNDS["agent_idle_rss_mb"], "agent idle RSS over its bound"
         )
@@ -459,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     # --- bulk throughput ----------------------------------------------------------------------
-    if not quick and shutil.which("iperf3"):
+    if not quick and "bulk" in only and shutil.which("iperf3"):
         subprocess.run(
             [sys.executable, str(ROOT / "benchmarks" / "capture_iperf3.py"), "--runs", str(reps)], check=False
         )
@@ -501,9 +521,10 @@ def print_table(r: dict[str, Any]) -> None:
                 f"exact {rep['exact']}",
             )
         )
-    rows.append(("RSS, idle agent with a 100-pod inventory", f"{r['agent_idle_rss_mb']:.1f} MB"))
-    rows.append(("RSS, peak over the churn", f"{r['agent_peak_rss_mb']:.1f} MB"))
-    for n, b in r["tracker_bytes_per_open_connection"].items():
+    if "agent_idle_rss_mb" in r:
+        rows.append(("RSS, idle agent with a 100-pod inventory", f"{r['agent_idle_rss_mb']:.1f} MB"))
+        rows.append(("RSS, peak over the churn", f"{r['agent_peak_rss_mb']:.1f} MB"))
+    for n, b in r.get("tracker_bytes_per_open_connection", {}).items():
         rows.append((f"tracker memory per open connection ({int(n):,} open)", f"{b:.0f} bytes"))
     if "iperf3" in r:
         rows.append(("iperf3 with the agent / without", f"{r['iperf3']['ratio'] * 100:.1f}%"))
