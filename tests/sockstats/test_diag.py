@@ -40,7 +40,16 @@ def _in_fresh_netns(fn: object) -> Any:
     return result  # type: ignore[return-value]
 
 
-Result = tuple[frozenset[int], list[SocketSample], list[SocketSample], bool, int, int, int]
+Result = tuple[
+    frozenset[int],
+    list[SocketSample],
+    list[SocketSample],
+    tuple[list[SocketSample], int],
+    bool,
+    int,
+    int,
+    int,
+]
 
 
 @pytest.mark.parametrize("one_walk", [True, False], ids=["one-walk", "per-family"])
@@ -74,17 +83,20 @@ def test_dump_reads_both_families_listeners_and_exact_byte_counters(one_walk: bo
             listening = dump.listening()
             everything = dump.connections(7, listening, skip_local=False)
             crossing = dump.connections(7, listening)
+            limited = dump.connections(7, listening, skip_local=False, limit=2), dump.over_limit
             used_one_walk = dump.one_walk
         ports = (srv.getsockname()[1], v6.getsockname()[1], c6.getsockname()[1])
         for x in (srv, v6, c, s, c4, s4, c6, s6):
             x.close()
-        return listening, everything, crossing, used_one_walk, *ports
+        return listening, everything, crossing, limited, used_one_walk, *ports
 
-    listening, found, crossing, used_one_walk, port, port6, client6 = _in_fresh_netns(scenario)
+    listening, found, crossing, limited, used_one_walk, port, port6, client6 = _in_fresh_netns(scenario)
     assert used_one_walk is one_walk  # this kernel answers the one-walk request
     assert listening == frozenset({port, port6})
     assert len(found) == 6 and {x.point for x in found} == {7}
     assert crossing == []  # loopback connections never cross a pod's veth
+    samples, over = limited  # bounded: the first 2, and the other 4 counted
+    assert len(samples) == 2 and over == 4 and {x[1:5] for x in samples} <= {x[1:5] for x in found}
     by_ports = {(x.lport, x.rport): x for x in found}
     client = next(x for x in found if x.rport == port)
     server = by_ports[(port, client.lport)]

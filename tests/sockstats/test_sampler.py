@@ -292,3 +292,25 @@ def test_a_namespace_removed_in_the_middle_of_its_dump_is_not_fatal(
             pyroute2_netns.remove(ghost)
         for x in held:
             x.close()
+
+
+def test_a_round_holds_at_most_max_sockets_and_counts_the_rest(two_pod_cluster: Cluster) -> None:
+    cluster = two_pod_cluster
+    client, server = cluster.pod("client"), cluster.pod("server")
+    lsock = listener(cluster, server, port=8080)
+    socks = []
+    for _ in range(3):  # 3 connections: 3 sockets in each pod
+        c = client_socket(cluster, client)
+        c.connect((server.ipv4, 8080))
+        socks += [c, lsock.accept()[0]]
+    rounds: list[StatsRound] = []
+    target = NodeTarget(cluster.nodes[0].netns, rounds.append, include=cluster.host_veth_pattern)
+    sampler = Sampler([target], interval_s=60, max_sockets=4)
+    try:
+        sampler.sample_once()
+        assert len(rounds[-1].samples) == 4 and sampler.stats.sockets == 4
+        assert sampler.stats.sockets_dropped == 2
+    finally:
+        sampler.close()
+        for x in (*socks, lsock):
+            x.close()

@@ -94,6 +94,7 @@ class DiagDump:
         self._buf = bytearray(_RECV_BUF)
         self._seq = 0
         self.one_walk = one_walk
+        self.over_limit = 0  # sockets the last `connections` read past its limit
 
     def __enter__(self) -> DiagDump:
         return self
@@ -112,15 +113,18 @@ class DiagDump:
         return frozenset(ports)
 
     def connections(
-        self, point: int, listening: frozenset[int], skip_local: bool = True
+        self, point: int, listening: frozenset[int], skip_local: bool = True, limit: int = 1 << 30
     ) -> list[SocketSample]:
         """Every TCP connection with its tcp_info, as samples at capture point `point`.
-        `skip_local`: leave out connections that never cross the veth (loopback, or to itself)."""
+        `skip_local`: leave out connections that never cross the veth (loopback, or to itself).
+        At most `limit` samples: the rest of the dump is read and counted in `self.over_limit`."""
         out: list[SocketSample] = []
         append = out.append
         msg = _MSG.unpack_from
         rta = _RTA.unpack_from
         ti = _TI.unpack_from
+        self.over_limit = 0
+        room = limit
         for buf, start, end in self._requests(_CONNECTED, _EXT_INFO):
             fam, state, lport, rport, src, dst = msg(buf, start)
             a = start + _MSG_LEN
@@ -142,6 +146,10 @@ class DiagDump:
                 dst = dst[12:]
             if skip_local and (dst == src or (dst[0] == 127 if len(dst) == 4 else dst == _V6_LOOPBACK)):
                 continue
+            if room <= 0:
+                self.over_limit += 1
+                continue
+            room -= 1
             rtt, retrans, acked, received, min_rtt = ti(buf, a + 4)
             append(
                 SocketSample(

@@ -180,9 +180,10 @@ class Sampler:
             try:
                 with entered(path, home):
                     dump = DiagDump(self._one_walk)  # bound to the pod's namespace for its life
-                with dump:
-                    samples = dump.connections(points[nsid], dump.listening())
+                with dump:  # (never more than the round has room for: the rest is counted)
+                    samples = dump.connections(points[nsid], dump.listening(), limit=room)
                     self._one_walk = dump.one_walk
+                    stats.sockets_dropped += dump.over_limit
             except OSError as exc:
                 # a dump the kernel ended otherwise: the namespace is being torn down
                 other = SKIP_VANISHED if isinstance(exc, DiagError) else SKIP_FAILED
@@ -194,9 +195,6 @@ class Sampler:
             finally:
                 stats.dump_seconds += time.perf_counter() - t0
             stats.dumps += 1
-            if len(samples) > room:
-                stats.sockets_dropped += len(samples) - room
-                del samples[room:]
             room -= len(samples)
             out += samples
         return out
