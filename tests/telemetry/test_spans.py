@@ -247,3 +247,44 @@ def test_socket_stats_ride_on_the_span_only_when_sampled(receiver: OtlpReceiver)
         assert not {n.SPAN_RTT, n.SPAN_MIN_RTT, n.SPAN_RETRANSMITS} & set(by_port[7002])
     finally:
         t.shutdown(3)
+
+
+def test_a_tls_connections_spans_carry_the_handshake_and_only_what_was_visible(
+    receiver: OtlpReceiver,
+) -> None:
+    import msgspec
+
+    from podwire.model import TlsInfo
+
+    t = agent(receiver, "node-a")
+    try:
+        v12 = TlsInfo(
+            server_name="web.shop.svc", version="TLS 1.2", cipher="TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+            alpn="h2", ja3="a" * 32, ja3s="b" * 32, ja4="t12d1510h2_aaaaaaaaaaaa_bbbbbbbbbbbb",
+            certificate_not_after=1_900_000_000.0, certificate_subject="CN=web.shop.svc",
+            certificate_issuer="O=shop CA",
+        )  # fmt: skip
+        v13 = TlsInfo(server_name=None, version="TLS 1.3", cipher="TLS_AES_128_GCM_SHA256", ja3s="c" * 32)
+        for port, tls in ((7443, v12), (7444, v13)):
+            rec = msgspec.structs.replace(record(Outcome.CLOSED, Side.CLIENT, server_port=port), tls=tls)
+            t.spans.on_connection(named(rec, pod("web"), pod("db")))  # type: ignore[union-attr]
+        flush(t)
+        spans = receiver.wait_for(lambda: len(receiver.spans()) == 2 and receiver.spans())
+        by_port = {s.attributes["server.port"]: s.attributes for s in spans}
+        a = by_port[7443]
+        assert (a[n.TLS_PROTOCOL_NAME], a[n.TLS_PROTOCOL_VERSION]) == ("tls", "1.2")
+        assert a[n.TLS_SERVER_NAME] == "web.shop.svc" and a[n.TLS_CIPHER] == v12.cipher
+        assert a[n.TLS_NEXT_PROTOCOL] == "h2"
+        assert (a[n.TLS_CLIENT_JA3], a[n.TLS_SERVER_JA3S], a[n.TLS_CLIENT_JA4]) == (
+            v12.ja3,
+            v12.ja3s,
+            v12.ja4,
+        )
+        assert (a[n.TLS_SERVER_SUBJECT], a[n.TLS_SERVER_ISSUER]) == ("CN=web.shop.svc", "O=shop CA")
+        assert a[n.TLS_SERVER_NOT_AFTER] == "2030-03-17T17:46:40Z"
+        b = by_port[7444]
+        assert b[n.TLS_PROTOCOL_VERSION] == "1.3" and b[n.TLS_SERVER_JA3S] == "c" * 32
+        invisible = {n.TLS_SERVER_NAME, n.TLS_NEXT_PROTOCOL, n.TLS_CLIENT_JA3, n.TLS_SERVER_NOT_AFTER}
+        assert not invisible & set(b)
+    finally:
+        t.shutdown(3)
