@@ -265,3 +265,33 @@ def test_a_repeated_offer_reuses_its_fingerprints_but_never_the_sni(cert, tmp_pa
     for i in range(asm_mod._OFFER_CACHE + 5):
         asm._offer(asm_mod.ClientHello(0x0303, (i,), (), None, (), (), (), (), ()))
     assert len(asm._offers) <= asm_mod._OFFER_CACHE
+
+
+def test_a_hello_deep_in_its_stream_is_not_the_handshake(cert, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # The kernel passes any segment that starts like a handshake record; the record's ISNs say
+    # where each stream began, so a lookalike far into a long connection is left out (counted).
+    import msgspec
+
+    flight = handshake(cert, tmp_path, version=ssl.TLSVersion.TLSv1_2)
+    for client_offset, server_offset, kept in (
+        (0, 0, "both"),
+        (300, 120, "both"),  # after a STARTTLS preamble
+        (5_000_000, 0, "server"),
+        (0, 70_000, "client"),
+    ):
+        moved = [
+            c._replace(seq=c.seq + (client_offset if c.src == CLIENT else server_offset))
+            for c in chunks(flight)
+        ]
+        asm, info = run(moved)
+        assert info is not None, (client_offset, server_offset)
+        assert (info.server_name is not None) == (kept in ("both", "client"))
+        assert (info.version is not None, info.certificate_subject is not None) == (
+            kept in ("both", "server"),
+        ) * 2
+        assert asm.stats.late == (0 if kept == "both" else 1)
+    # a connection seen from its middle has no ISN to measure from: kept
+    asm = TlsAssembler()
+    asm.feed([c._replace(seq=c.seq + 9_000_000) for c in chunks(flight)])
+    info = asm.take(msgspec.structs.replace(record(), started_before_capture=True))
+    assert info is not None and info.server_name is not None and asm.stats.late == 0

@@ -90,6 +90,7 @@ TLS_ERROR_REASONS: Final = (
     "certificate",
     "gap",
     "incomplete",
+    "late",
     "not_handshake",
     "evicted",
 )

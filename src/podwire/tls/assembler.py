@@ -45,6 +45,11 @@ HS_SERVER_HELLO_DONE: Final = 14
 MAX_RECORD: Final = 16_384 + 2_048  # TLSCiphertext.length upper bound (RFC 8446 5.2)
 TLS13: Final = 0x0304
 _SEQ_MOD: Final = 1 << 32
+# A hello must begin within this many bytes of its stream's start (the ISN in the record): at 0
+# normally, a little later after a STARTTLS preamble.  The kernel filter cannot know the offset
+# and passes any segment that starts like a handshake record; this keeps a lookalike deep in a
+# long connection's data from being taken for its handshake.
+MAX_STREAM_OFFSET: Final = 65_536
 _CERT_CACHE: Final = 256  # parsed leaf certificates kept by DER (servers repeat theirs)
 # a client's fingerprints and offer names, kept by its hello's fields (clients repeat theirs)
 _OFFER_CACHE: Final = 256
@@ -72,6 +77,7 @@ class TlsStats:
         "gap",
         "incomplete",
         "joined",
+        "late",
         "malformed",
         "not_handshake",
         "oversize",
@@ -85,6 +91,7 @@ class TlsStats:
         self.server_hellos = 0
         self.certificates = 0
         self.joined = 0  # TLS facts attached to a connection record
+        self.late = 0  # a hello that began past MAX_STREAM_OFFSET of its stream: not the handshake
         self.not_handshake = 0  # first payload of a direction did not start a handshake record
         self.gap = 0  # a payload after missing bytes that does not start a record
         # a direction whose handshake message began but never completed before the connection's
@@ -113,15 +120,17 @@ class TlsStats:
             "certificate": self.certificate_errors,
             "gap": self.gap,
             "incomplete": self.incomplete,
+            "late": self.late,
             "not_handshake": self.not_handshake,
             "evicted": self.evicted,
         }
 
 
 class _Direction:
-    __slots__ = ("done", "messages", "next_seq", "records")
+    __slots__ = ("done", "messages", "next_seq", "records", "start")
 
     def __init__(self, seq: int) -> None:
+        self.start = seq  # where its first handshake record began
         self.next_seq = seq
         self.records = bytearray()  # record bytes not parsed yet
         self.messages = bytearray()  # handshake bytes taken out of records, not parsed yet
@@ -321,10 +330,23 @@ class TlsAssembler:
         if conn is None:
             return None
         self._count_incomplete(conn)
-        if conn.client_hello is None and conn.server_hello is None:
+        ch, sh, cert = conn.client_hello, conn.server_hello, conn.cert
+        if not record.started_before_capture:
+            if ch is not None and self._late(conn, client, record.client.port, record.client_isn):
+                ch = None
+            if sh is not None and self._late(conn, server, record.server.port, record.server_isn):
+                sh = cert = None
+        if ch is None and sh is None:
             return None
         self.stats.joined += 1
-        return info(conn.client_hello, conn.server_hello, conn.cert, self._offer(conn.client_hello))
+        return info(ch, sh, cert, self._offer(ch))
+
+    def _late(self, conn: _Conn, addr: bytes, port: int, isn: int | None) -> bool:
+        d = conn.dirs.get((addr, port))
+        if d is None or isn is None or (d.start - isn - 1) % _SEQ_MOD < MAX_STREAM_OFFSET:
+            return False
+        self.stats.late += 1
+        return True
 
     def _offer(self, ch: ClientHello | None) -> ClientFacts | None:
         """The hello's JA3/JA4 and names, computed once per distinct offer (benchmarks/tls_decode.py:
