@@ -100,7 +100,13 @@ def test_prober_fills_tls13_certificates_and_its_own_connections_are_not_workloa
             assert time.monotonic() < deadline, prober.failures
             time.sleep(0.05)
         assert prober.lookup(pods.pod_ip(0), 9, None) is None  # cached failure: no new probe
-        time.sleep(1.0)
+        # until both curls have records and the probe's own connection has closed (and was dropped)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (
+            prober.own_dropped >= 1
+            and sum(1 for c in list(sink.connections) if c.record.server.port == 8443) >= 2
+        ):
+            time.sleep(0.05)
     finally:
         stop.set()
         thread.join(5)

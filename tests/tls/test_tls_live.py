@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -184,6 +185,15 @@ class LiveTls:
         except BaseException as exc:
             self.error = exc
 
+    def server_records(self) -> int:
+        return sum(1 for c in list(self.sink.connections) if c.record.observed_side is Side.SERVER)
+
+    def wait_records(self, n: int, timeout: float = 10.0) -> None:
+        """Until n connections (their last FIN through the ring and the tracker) have records."""
+        deadline = time.monotonic() + timeout
+        while self.server_records() < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+
     def stop(self) -> list[ConnectionRecord]:
         self._stop.set()
         self._thread.join(5)
@@ -216,28 +226,49 @@ def _run_client(pods: Pods, argv: list[str]) -> None:
     assert r.returncode == 0, (argv, r.stderr[-500:])
 
 
+def _replayed(pcap: Path) -> list[dict[str, Any]]:
+    """`podwire replay`'s closed connections in the pcap (tcpdump may still be writing it)."""
+    out = io.StringIO()
+    assert agent.replay(Settings(log_format="console"), str(pcap), "jsonl", out) == 0
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    return [row for row in rows if row["outcome"] != "open"]
+
+
 def test_every_tls_field_live_and_replayed_and_ja3_equals_tshark(net: Net) -> None:
     pods = net.pods
     pcap = net.work / "tls.pcap"
     dump = subprocess.Popen(
-        in_ns(pods.node, "tcpdump", "-i", pods.host_ifs[0], "-U", "-n", "-s", "0", "-w", str(pcap), "tcp"),
+        in_ns(
+            pods.node,
+            "tcpdump",
+            "-i",
+            pods.host_ifs[0],
+            "--immediate-mode",
+            "-U",
+            "-n",
+            "-s",
+            "0",
+            "-w",
+            str(pcap),
+            "tcp",
+        ),
         stderr=subprocess.PIPE,
     )
     live = LiveTls(pods)
     try:
         assert dump.stderr is not None and b"listening on" in dump.stderr.readline()
-        time.sleep(0.3)
         for case in cases(net.server_ip):
             _run_client(pods, case.argv)
-        time.sleep(1.0)  # the last FINs reach the ring and the pcap
+        live.wait_records(len(cases(net.server_ip)))
+        deadline = time.monotonic() + 10  # and the pcap holds every connection to its close
+        while len(_replayed(pcap)) < len(cases(net.server_ip)) and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         records = live.stop()
         dump.send_signal(signal.SIGINT)
         dump.wait(10)
 
-    out = io.StringIO()
-    assert agent.replay(Settings(log_format="console"), str(pcap), "jsonl", out) == 0
-    replayed = [json.loads(line) for line in out.getvalue().splitlines()]
+    replayed = _replayed(pcap)
     oracle = _tshark_fingerprints(pcap)
     expected = cases(net.server_ip)
     assert len(replayed) == len(expected) and len(records) == len(expected)
@@ -270,11 +301,10 @@ def test_bulk_tls_download_costs_the_kernel_filter_nothing(net: Net) -> None:
     """8 MiB over HTTPS: thousands of segments on the wire, a handful of frames reach user space."""
     pods = net.pods
     live = LiveTls(pods)
-    try:
-        time.sleep(0.2)
+    try:  # the capture's filter is in place once constructed
         before = live.capture.stats().packets
         _run_client(pods, _curl(net.server_ip, 8444, "--tlsv1.3", "--http1.1", path="/big"))
-        time.sleep(0.5)
+        live.wait_records(1)
         passed = live.capture.stats().packets - before
         tap = live.capture._decoder.tls
         assert tap is not None
