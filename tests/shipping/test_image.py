@@ -2,7 +2,7 @@
 podman on the debootstrap bookworm stand-in base (cached outside the clone by
 `scripts/setup.sh --test`), then runs the image in a container (runc, no capabilities, no network,
 read-only root): `podwire --version`, and `podwire replay` of a pcap written here, whose record must
-carry exactly the bytes the pcap holds.  About 3 minutes with the base cached."""
+carry exactly the bytes the pcap holds.  3-7 minutes on the shared machine with the base cached."""
 
 from __future__ import annotations
 
