@@ -186,7 +186,9 @@ def test_a_hello_whose_continuation_never_came_is_counted_incomplete(cert, tmp_p
     assert passed and all(c.src == SERVER for c in passed)
     asm, info = run([first, *passed])
     assert asm.stats.incomplete == 1 and asm.stats.client_hellos == 0
-    assert info is not None and info.version == "TLS 1.2" and info.ja3 is None and info.server_name is None
+    assert info is not None and info.version == "TLS 1.2" and info.ja3 is None and info.ja4 is None
+    assert info.server_name is None  # the first 100 bytes end before the server_name extension
+    assert info.client_ciphers == () and info.client_alpn == ()
     assert asm.stats.failures()["incomplete"] == 1
     # and one that expires without a record is counted the same way
     asm = TlsAssembler(TlsLimits(ttl_s=1.0))
@@ -295,3 +297,22 @@ def test_a_hello_deep_in_its_stream_is_not_the_handshake(cert, tmp_path: Path) -
     asm.feed([c._replace(seq=c.seq + 9_000_000) for c in chunks(flight)])
     info = asm.take(msgspec.structs.replace(record(), started_before_capture=True))
     assert info is not None and info.server_name is not None and asm.stats.late == 0
+
+
+def test_a_cut_client_hello_still_names_its_server_when_the_sni_arrived_whole(cert, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from podwire.tls.handshake import partial_server_name
+
+    flight = handshake(cert, tmp_path, alpn=("h2", "http/1.1"))
+    hello = flight.client[0]
+    body = hello[9:]  # after the record header and the handshake header
+    sni_end = hello.index(b"web.podwire.test") + len(b"web.podwire.test")
+    for cut in range(1, len(hello), 3):
+        first, _lost, *rest = chunks(flight, split=cut)
+        passed = [c for c in rest if c.src == SERVER and c.payload[0] == 0x16 and c.payload[5] in (1, 2, 11)]
+        asm, info = run([first, *passed])
+        assert info is not None, cut
+        # the SNI once its extension is whole, never a piece of it; never a fingerprint of a cut offer
+        assert info.server_name == ("web.podwire.test" if cut >= sni_end else None), cut
+        assert info.ja3 is None and info.ja4 is None and asm.stats.incomplete == 1
+        assert partial_server_name(body[: max(0, cut - 9)]) == info.server_name
+    assert partial_server_name(b"") is None and partial_server_name(b"\xff" * 300) is None

@@ -6,7 +6,8 @@ so its ClientHello is ~2.8 KB (as large as a post-quantum key share makes Chrome
 
   1. written at once: the sender's GSO hands AF_PACKET one 2.8 KB frame at the veth -> parsed live;
   2. written in two sends: the second segment does not start a record, the filter drops it ->
-     live shows the ServerHello facts only, and `incomplete` counts the unfinished hello;
+     live shows the ServerHello's facts and the SNI (whole in the first segment), no JA3/JA4 or
+     offer, and `incomplete` counts the unfinished hello;
   3. written at once to a second pod whose veth has gso_max_size 1,500 (MSS-sized segments, what
      a NIC without GRO, or whose GRO did not merge them, delivers) -> the same as 2.
 Replay sees every segment and parses all three whole.  README "Known limits" says the same.
@@ -158,10 +159,11 @@ def test_a_hello_larger_than_a_segment_live_whole_or_counted_and_always_in_repla
     # 1. one GSO frame: every client fact
     assert whole is not None and whole.server_name == SNI and len(whole.client_alpn) == 11
     assert whole.ja3 is not None and whole.ja4 is not None
-    # 2, 3. the continuation never reached user space: the server's facts only, and counted
+    # 2, 3. the continuation never reached user space: the server's facts, the SNI (its extension
+    # came whole in the first segment), no fingerprint of the cut offer; counted
     for lost in (two_sends, gso_off):
         assert lost is not None and lost.version == "TLS 1.3" and lost.cipher is not None
-        assert (lost.server_name, lost.ja3, lost.ja4, lost.client_alpn) == (None, None, None, ())
+        assert (lost.server_name, lost.ja3, lost.ja4, lost.client_alpn) == (SNI, None, None, ())
     assert stats is not None and stats.incomplete == 2 and stats.client_hellos == 1
 
     # replay sees every segment: all three whole, with the live fingerprint

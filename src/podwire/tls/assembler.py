@@ -18,6 +18,7 @@ Every way a handshake fails to parse is a counter in `TlsStats`; nothing here ra
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from podwire.tls.handshake import (
     leaf_certificate,
     parse_client_hello,
     parse_server_hello,
+    partial_server_name,
 )
 from podwire.tls.names import DEPRECATED_VERSIONS, cipher_name, version_name
 
@@ -336,10 +338,23 @@ class TlsAssembler:
                 ch = None
             if sh is not None and self._late(conn, server, record.server.port, record.server_isn):
                 sh = cert = None
-        if ch is None and sh is None:
+        cut_sni = None
+        if ch is None and conn.client_hello is None:  # a ClientHello cut short: its SNI may be whole
+            cut_sni = self._cut_server_name(conn.dirs.get((client, record.client.port)))
+        if ch is None and sh is None and cut_sni is None:
             return None
         self.stats.joined += 1
-        return info(ch, sh, cert, self._offer(ch))
+        facts = info(ch, sh, cert, self._offer(ch))
+        return facts if cut_sni is None else dataclasses.replace(facts, server_name=cut_sni)
+
+    @staticmethod
+    def _cut_server_name(d: _Direction | None) -> str | None:
+        if d is None or d.done:
+            return None
+        data = bytes(d.messages) + bytes(d.records[5:])  # whole records' bytes, then the cut one's
+        if len(data) < 4 or data[0] != HS_CLIENT_HELLO:
+            return None
+        return partial_server_name(data[4:])
 
     def _late(self, conn: _Conn, addr: bytes, port: int, isn: int | None) -> bool:
         d = conn.dirs.get((addr, port))

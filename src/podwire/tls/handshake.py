@@ -189,6 +189,36 @@ def parse_client_hello(body: bytes) -> ClientHello:
     )
 
 
+def partial_server_name(body: bytes) -> str | None:
+    """The SNI from the first part of a ClientHello body whose rest never arrived, or None.
+
+    Extensions are walked as far as they are whole; the lists a fingerprint needs are not (they
+    would be cut), so this is the only fact taken from a cut hello.  Never raises."""
+    try:
+        r = _Reader(body)
+        r.take(2 + 32)  # legacy_version, random
+        r.take(r.u8())  # legacy_session_id
+        r.take(r.u16())  # cipher suites
+        r.take(r.u8())  # compression methods
+        r.u16()  # the extensions' declared length: more than what arrived
+        while r.left() >= 4:
+            ext_type, size = r.u16(), r.u16()
+            if size > r.left():
+                return None  # cut inside this extension
+            ext = r.sub(size)
+            if ext_type == EXT_SERVER_NAME and ext.left():
+                names = ext.sub(ext.u16())
+                while names.left():
+                    kind = names.u8()
+                    value = names.take(names.u16())
+                    if kind == 0:
+                        return _name(value)
+                return None
+    except TlsError:
+        return None
+    return None
+
+
 def parse_server_hello(body: bytes) -> ServerHello:
     """The body of a ServerHello handshake message."""
     r = _Reader(body)
