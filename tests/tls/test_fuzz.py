@@ -10,9 +10,15 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from podwire.model import TlsChunk
+from podwire.model import ConnectionRecord, Endpoint, Outcome, TlsChunk
 from podwire.tls.assembler import TlsAssembler, TlsLimits
-from podwire.tls.handshake import TlsError, leaf_certificate, parse_client_hello, parse_server_hello
+from podwire.tls.handshake import (
+    TlsError,
+    leaf_certificate,
+    parse_client_hello,
+    parse_server_hello,
+    partial_server_name,
+)
 from tests.tls.handshakes import handshake, make_cert
 
 A, B = socket.inet_aton("10.0.0.1"), socket.inet_aton("10.0.0.2")
@@ -69,6 +75,16 @@ def test_assembler_never_raises_and_stays_bounded(feeds: list[tuple[int, bool, i
         for conn in asm._conns.values():
             for d in conn.dirs.values():
                 assert len(d.records) + len(d.messages) <= LIMITS.max_handshake_bytes
+    # joining a record (cut hellos salvaged, lookalikes checked against the ISNs) never raises either
+    for port in {p for p, _, _, _ in feeds[::2]}:
+        rec = ConnectionRecord(
+            point=1, client=Endpoint("10.0.0.1", 40000 + port), server=Endpoint("10.0.0.2", 443),
+            network_type="ipv4", start_time=0.0, end_time=1.0, duration_s=1.0, outcome=Outcome.CLOSED,
+            close_initiator=None, bytes_client_to_server=None, bytes_server_to_client=None,
+            handshake_rtt_s=None, started_before_capture=False, client_guessed=False,
+            client_isn=port * 977, server_isn=port * 1313, observed_side=None,
+        )  # fmt: skip
+        asm.take(rec)
     asm.expire(1e9)
     assert len(asm) == 0
 
@@ -79,3 +95,5 @@ def test_message_parsers_raise_only_tls_error(body: bytes) -> None:
     for parse in (parse_client_hello, parse_server_hello, lambda b: leaf_certificate(b, 4096)):
         with contextlib.suppress(TlsError):
             parse(body)
+    name = partial_server_name(body)  # never raises at all
+    assert name is None or len(name) <= 255
