@@ -67,3 +67,36 @@ def test_syn_flood_memory_is_bounded_and_returned() -> None:
     kept = r["after"] - r["base"]
     assert kept <= grown / 4, f"kept {kept / 2**20:.1f} MiB of a {grown / 2**20:.1f} MiB flood"
     assert r["compactions"] >= 1
+
+
+def test_established_queue_keeps_few_stale_refs_under_churn() -> None:
+    # The established phase is a queue with lazy deletion: closed connections leave refs behind,
+    # which must not pile up (each holds a dead entry) while a few connections stay open.
+    from podwire.model import ACK, FIN, SYN, Segment
+    from podwire.tracker.tracker import Tracker
+
+    tracker = Tracker()
+    a, b = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+
+    def opened(i: int) -> list[Segment]:
+        port = 1024 + i
+        return [
+            Segment(float(i), 1, a, b, port, 80, 100, 0, SYN, 0, True),
+            Segment(float(i), 1, b, a, 80, port, 500, 101, SYN | ACK, 0, False),
+        ]
+
+    def closed(i: int) -> list[Segment]:
+        port = 1024 + i
+        return [
+            Segment(float(i), 1, a, b, port, 80, 101, 501, FIN | ACK, 0, True),
+            Segment(float(i), 1, b, a, 80, port, 501, 102, FIN | ACK, 0, False),
+        ]
+
+    for i in range(10):
+        tracker.feed_many(opened(i))  # stay open throughout
+    for i in range(10, 20_010):
+        tracker.feed_many(opened(i) + closed(i))
+    queue = tracker._established
+    assert tracker.stats.established == queue.live == 10
+    assert len(queue._entries) <= 2 * queue.live + 1024 + 1
+    assert [int(e.key[3]) for e in queue] == [1024 + i for i in range(10)]  # the open ones, in order

@@ -80,16 +80,20 @@ Semantics (the contract other rooms rely on):
 
 Hot-path notes: `feed` returns the shared empty tuple when nothing is emitted; phases are
 OrderedDicts (insertion order = time order, O(1) pops from the front, where a plain dict's
-`next(iter(d))` degrades to O(n) after many front deletions); records are frozen
-msgspec Structs (model.py), built in ~0.2 us.
+`next(iter(d))` degrades to O(n) after many front deletions), except the established phase,
+which holds most open connections: a queue with lazy deletion (`_Established`, ~16 bytes per
+entry instead of ~105); records are frozen msgspec Structs (model.py), built in ~0.2 us.
+Memory per open connection (benchmarks/run --only memory): ~350 bytes, of which the entry ~112,
+its 5-tuple key ~80, the client port and ISN ints 32 each, the RTT float 32, its slot in
+`_entries` ~27-52 and in the established queue 16.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import socket
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -265,6 +269,66 @@ def _midstream(key: Key, state: int, ts: float, side: Side | None) -> _Entry:
     return _Entry(key, state, None, ts, ts, None, None, side)
 
 
+class _Established:
+    """The established phase in timer order, as a queue with lazy deletion: an ordered set costs
+    ~105 bytes per entry, these two deques ~16 (issue 13's memory per open connection; most open
+    connections are established).  A ref (entry, its `since` when queued) is current while the
+    entry is still established and `since` still is that object: leaving the phase (the caller
+    changes the entry's state) or restarting the timer (`refresh` queues it again) leaves a stale
+    ref behind, dropped when it reaches the front, or all at once when stale refs outnumber the
+    current ones (so the dead entries they hold stay bounded)."""
+
+    __slots__ = ("_entries", "_sinces", "live")
+
+    def __init__(self) -> None:
+        self._entries: deque[_Entry] = deque()
+        self._sinces: deque[float] = deque()
+        self.live = 0  # current members
+
+    def add(self, entry: _Entry) -> None:
+        """A new member (its state is already ESTABLISHED)."""
+        self.live += 1
+        self._queue(entry)
+
+    def refresh(self, entry: _Entry, since: float) -> None:
+        """Restart a member's timer: to the back of the queue.  The timer gets an object of its own
+        (`+ 0.0` makes one), so the refs queued before go stale even within one sampling round."""
+        entry.since = since + 0.0
+        self._queue(entry)
+
+    def remove(self) -> None:
+        """A member leaves (the caller changes its state: its refs go stale)."""
+        self.live -= 1
+
+    def front(self) -> _Entry | None:
+        """The member queued longest ago (stale refs before it are dropped)."""
+        entries, sinces = self._entries, self._sinces
+        while entries:
+            entry = entries[0]
+            if entry.state == _ESTABLISHED and entry.since is sinces[0]:
+                return entry
+            entries.popleft()
+            sinces.popleft()
+        return None
+
+    def __iter__(self) -> Iterator[_Entry]:
+        """The members in queue order."""
+        refs = zip(self._entries, self._sinces, strict=True)
+        return (e for e, t in refs if e.state == _ESTABLISHED and e.since is t)
+
+    def tidy(self) -> None:
+        """Drop every stale ref."""
+        members = list(self)
+        self._entries = deque(members)
+        self._sinces = deque(e.since for e in members)
+
+    def _queue(self, entry: _Entry) -> None:
+        self._entries.append(entry)
+        self._sinces.append(entry.since)
+        if len(self._entries) > 2 * self.live + 1024:
+            self.tidy()
+
+
 class _Live:
     """What socket stats told about one connection: payload totals each way (64-bit, from the
     connection's start) at the last ESTABLISHED sample, and the values counting began from."""
@@ -325,8 +389,9 @@ class Tracker:
     Books: `_entries` maps the canonical key to the entry, live or recently finished (state
     NEW: kept for time_wait_s to absorb late segments).  Each phase (half-open, established,
     closing, recently finished) is an ordered set of entries (an OrderedDict entry -> None;
-    entries hash by identity), in the order they entered it, which is time order: timers pop
-    from the front in O(expired), and a phase change hashes no 5-tuple.
+    entries hash by identity; the established phase is a queue, `_Established`), in the order
+    they entered it, which is time order: timers pop from the front in O(expired), and a phase
+    change hashes no 5-tuple.
     """
 
     def __init__(self, limits: TrackerLimits | None = None) -> None:
@@ -336,14 +401,15 @@ class Tracker:
         self._max_recent = limits.max_recently_closed
         self._entries: dict[Key, _Entry] = {}
         self._half_open: OrderedDict[_Entry, None] = OrderedDict()
-        self._established: OrderedDict[_Entry, None] = OrderedDict()
+        self._established = _Established()
         self._closing: OrderedDict[_Entry, None] = OrderedDict()
         self._recent: OrderedDict[_Entry, None] = OrderedDict()
-        # state -> the phase holding entries in that state (NEW: recently finished)
-        self._phase: tuple[OrderedDict[_Entry, None], ...] = (
+        # state -> the ordered set holding entries in that state (NEW: recently finished;
+        # ESTABLISHED: None, see _Established)
+        self._phase: tuple[OrderedDict[_Entry, None] | None, ...] = (
             self._recent,
             self._half_open,
-            self._established,
+            None,
             self._closing,
             self._closing,
         )
@@ -481,12 +547,10 @@ class Tracker:
             out.append(self._finish(entry, _CLOSED, entry.since, initiator, now))
         established = self._established
         limit = self.limits.idle_timeout_s
-        while established:
-            entry = next(iter(established))
-            if now - entry.since <= limit:
+        while (oldest := established.front()) is not None:
+            if now - oldest.since <= limit:
                 break
-            del established[entry]
-            del self._entries[entry.key]
+            self._drop(oldest)
             self._count(self._anomalies, "idle_expired")
         recent = self._recent
         limit = self.limits.time_wait_s
@@ -504,9 +568,8 @@ class Tracker:
         out = self.expire(now)
         for entry in list(self._half_open):
             out.append(self._finish(entry, _TIMEOUT, entry.syn_ts, None, now))
-        for phase in (self._established, self._closing):
-            for entry in list(phase):
-                out.append(self._finish(entry, _OPEN, None, None, now))
+        for entry in [*self._established, *self._closing]:
+            out.append(self._finish(entry, _OPEN, None, None, now))
         self._recent.clear()
         self._entries.clear()
         self._unmatched.clear()
@@ -517,7 +580,7 @@ class Tracker:
 
     @property
     def stats(self) -> TrackerStats:
-        half_open, established, closing = len(self._half_open), len(self._established), len(self._closing)
+        half_open, established, closing = len(self._half_open), self._established.live, len(self._closing)
         return TrackerStats(
             entries=half_open + established + closing,
             half_open=half_open,
@@ -530,7 +593,7 @@ class Tracker:
 
     def __len__(self) -> int:
         """Live connections."""
-        return len(self._half_open) + len(self._established) + len(self._closing)
+        return len(self._half_open) + self._established.live + len(self._closing)
 
     def state_of(self, point: int, a: bytes, a_port: int, b: bytes, b_port: int) -> State:
         """The state of the live connection between a:a_port and b:b_port (either way round)."""
@@ -550,24 +613,26 @@ class Tracker:
         self._count(self._anomalies, kind)
         return _NONE
 
-    def _admit(self, entry: _Entry, phase: OrderedDict[_Entry, None]) -> None:
-        """Insert a new live entry, evicting first if a bound is reached (counted, no record)."""
+    def _admit(self, entry: _Entry) -> None:
+        """Insert a new live entry into its state's phase, evicting first if a bound is reached
+        (counted, no record)."""
         half_open = self._half_open
-        if phase is half_open and len(half_open) >= self._max_half_open:
+        state = entry.state
+        if state == _HALF_OPEN and len(half_open) >= self._max_half_open:
             self._evict(half_open, "half_open")
         # _entries also holds finished entries, so it is never shorter than the live count.
         if (
             len(self._entries) >= self._max_connections
-            and len(half_open) + len(self._established) + len(self._closing) >= self._max_connections
+            and len(half_open) + self._established.live + len(self._closing) >= self._max_connections
         ):
-            for victims, kind in (
-                (self._established, "established"),
-                (self._closing, "closing"),
-                (half_open, "half_open"),
-            ):
-                if victims:
-                    self._evict(victims, kind)
-                    break
+            oldest = self._established.front()
+            if oldest is not None:
+                self._drop(oldest)
+                self._count(self._evictions, "established")
+            elif self._closing:
+                self._evict(self._closing, "closing")
+            elif half_open:
+                self._evict(half_open, "half_open")
         # The decoder makes new address objects for every segment; a node's addresses repeat, so
         # the key kept holds shared ones (48 bytes less per IPv4 connection, 64 per IPv6 one).
         point, a, b, pa, pb = entry.key
@@ -581,7 +646,18 @@ class Tracker:
             shared_b = addrs.setdefault(b, b)
         key = entry.key = (point, shared_a, shared_b, pa, pb)
         self._entries[key] = entry  # replaces a finished entry on the same tuple, if any
-        phase[entry] = None
+        if state == _ESTABLISHED:
+            self._established.add(entry)
+        else:
+            phase = self._phase[state]
+            assert phase is not None
+            phase[entry] = None
+
+    def _drop(self, entry: _Entry) -> None:
+        """An established entry leaves without a record (idle expiry, eviction)."""
+        self._established.remove()
+        entry.state = _NEW  # its queued refs go stale
+        del self._entries[entry.key]
 
     def _compact(self) -> None:
         """Give a flood's memory back.  Python dicts never shrink when emptied, and the address
@@ -590,10 +666,10 @@ class Tracker:
         tables at their present size (order kept) and drop the caches (rebuilt as traffic needs)."""
         self._entries = dict(self._entries)
         self._half_open = OrderedDict(self._half_open)
-        self._established = OrderedDict(self._established)
+        self._established.tidy()
         self._closing = OrderedDict(self._closing)
         self._recent = OrderedDict(self._recent)
-        self._phase = (self._recent, self._half_open, self._established, self._closing, self._closing)
+        self._phase = (self._recent, self._half_open, None, self._closing, self._closing)
         self._endpoints = {}
         self._texts = {}
         self._addrs = {}
@@ -604,6 +680,14 @@ class Tracker:
         victim, _ = phase.popitem(last=False)
         del self._entries[victim.key]
         self._count(self._evictions, kind)
+
+    def _leave(self, entry: _Entry) -> None:
+        """A live entry leaves its phase (the caller sets its next state)."""
+        phase = self._phase[entry.state]
+        if phase is None:
+            self._established.remove()
+        else:
+            del phase[entry]
 
     def _forget(self, entry: _Entry) -> None:
         """Drop a finished entry for good (its key may already hold a newer connection)."""
@@ -720,7 +804,7 @@ class Tracker:
         now: float,
     ) -> ConnectionRecord:
         """End a live entry: build its record, keep it as recently finished (see _bury)."""
-        del self._phase[entry.state][entry]
+        self._leave(entry)
         record = self._record(entry, outcome, end, initiator)
         recent = self._recent
         if len(recent) >= self._max_recent:
@@ -759,7 +843,7 @@ class Tracker:
         new = _midstream(key, _ESTABLISHED, ts, Side.CLIENT if local_is_client else Side.SERVER)
         c2s, s2c = _payload(first, local_is_client)
         new.live = _Live(c2s, s2c, first.total_retrans, True)
-        self._admit(new, self._established)
+        self._admit(new)
         return self._do_progress(new, smp, local_is_client, rule)
 
     def _do_progress(
@@ -780,8 +864,7 @@ class Tracker:
         sampled = smp[6:]
         if sampled == live.last:  # nothing moved since the last sample (an idle connection)
             if entry.state == _ESTABLISHED:  # but alive: restart the idle timer
-                self._established.move_to_end(entry)
-                entry.since = self._sample_ts
+                self._established.refresh(entry, self._sample_ts)
             return _NONE
         live.last = sampled
         if established:
@@ -791,8 +874,7 @@ class Tracker:
             if s2c > live.s2c:
                 live.s2c = s2c
             if entry.state == _ESTABLISHED:  # alive: restart the idle timer
-                self._established.move_to_end(entry)
-                entry.since = self._sample_ts
+                self._established.refresh(entry, self._sample_ts)
         live.rtt = smp.rtt_us / 1e6
         live.min_rtt = smp.min_rtt_us / 1e6
         if smp.total_retrans > live.retrans:
@@ -821,7 +903,7 @@ class Tracker:
             return self._anomaly("late_syn")  # a retransmit of a connection already reported
         new = _entry(seg[1:6], _HALF_OPEN, seg.ts, seg.seq, None, _SIDE_OF_CLIENT_SEGMENT.get(seg.from_local))
         new.syn_len = seg.payload_len
-        self._admit(new, self._half_open)
+        self._admit(new)
         return _NONE
 
     def _do_syn_retransmit(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
@@ -853,9 +935,9 @@ class Tracker:
         entry.sisn = seg.seq
         entry.rtt = ts - entry.syn_ts
         del self._half_open[entry]
-        self._established[entry] = None
         entry.state = _ESTABLISHED
         entry.since = ts
+        self._established.add(entry)
         client, server = self._endpoints_of(entry)
         return (
             ConnectionOpened(
@@ -871,7 +953,7 @@ class Tracker:
             return self._anomaly("late_synack")
         cisn = (seg.ack - 1) & _MASK
         new = _entry(key, _ESTABLISHED, seg.ts, cisn, seg.seq, _side(seg.from_local, False))
-        self._admit(new, self._established)
+        self._admit(new)
         client, server = self._endpoints_of(new)
         return (ConnectionOpened(key[0], client, server, seg.ts, None, cisn, seg.seq, new.side),)
 
@@ -889,7 +971,7 @@ class Tracker:
             entry.ends = _Ends(_CLIENT, end, None, None, None, ack, None)
         else:
             entry.ends = _Ends(_SERVER, None, end, None, None, None, ack)
-        del self._phase[entry.state][entry]  # half-open or established, never closing
+        self._leave(entry)  # half-open or established, never closing
         self._closing[entry] = None
         entry.state = rule.next_state
         entry.since = seg.ts
@@ -902,7 +984,7 @@ class Tracker:
             self._new_key(seg, from_client), rule.next_state, seg.ts, _side(seg.from_local, from_client)
         )
         self._note_fin(new, seg, from_client)
-        self._admit(new, self._closing)
+        self._admit(new)
         return _NONE
 
     def _do_fin_again(self, entry: _Entry | None, seg: Segment, from_client: bool, rule: Rule) -> Events:
