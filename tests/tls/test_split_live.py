@@ -125,8 +125,10 @@ def _replay(work: Path) -> list[dict[str, Any]]:
     return found
 
 
-def test_a_hello_larger_than_a_segment_live_whole_or_counted_and_always_in_replay(pods: Pods) -> None:
-    work = Path(tempfile.mkdtemp(prefix="pwsplit"))
+def test_a_hello_larger_than_a_segment_live_whole_or_counted_and_always_in_replay(
+    pods: Pods, tmp_path: Path
+) -> None:
+    work = tmp_path
     dumps = []
     for i, veth in enumerate(pods.host_ifs):
         dump = subprocess.Popen(
