@@ -95,7 +95,8 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=1 << 20, help="bytes of the HTTP file")
     args = ap.parse_args()
     n = args.connections
-    work = Path(tempfile.mkdtemp(prefix="pwsnap"))
+    tmp = tempfile.TemporaryDirectory(prefix="pwsnap")
+    work = Path(tmp.name)
     cert_file, key_file = make_cert().write(work)
     with pods_namespace(1) as pods:
         ip = pods.pod_ip(0)
@@ -142,6 +143,7 @@ def main() -> int:
             ring_bytes = {k: ring.ring_bytes for k, ring in rings.items()}
             for ring in rings.values():
                 ring.close()
+    tmp.cleanup()
     conns = 2 * n
     result: dict[str, object] = {"connections": conns, "loadavg": os.getloadavg()[0]}
     print(f"{conns} connections ({n} HTTP/1.0 of {args.size} B, {n} HTTPS s_server -www), TLS on")
