@@ -123,6 +123,7 @@ class Ring:
             0,
             0,
         )
+        rs.ring_bytes = 0
         return rs
 
 
