@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import struct
 import sys
 import tempfile
 import time
@@ -43,26 +42,6 @@ with atheris.instrument_imports(include=["podwire.capture", "podwire.tracker"]):
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPORT_EVERY = 100_000
-
-
-def _pcap(records: list[bytes]) -> bytes:
-    out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
-    for i, rec in enumerate(records):
-        out += struct.pack("<IIII", 1_700_000_000 + i, 0, len(rec), len(rec)) + rec
-    return out
-
-
-def _pcapng(records: list[bytes]) -> bytes:
-    shb = struct.pack("<IIIHHq", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1) + struct.pack("<I", 28)
-    idb = struct.pack("<IIHHI", 1, 20, 1, 0, 65535) + struct.pack("<I", 20)
-    out = shb + idb
-    for rec in records:
-        pad = rec + b"\x00" * (-len(rec) % 4)
-        total = 32 + len(pad)
-        out += (
-            struct.pack("<IIIIIII", 6, total, 0, 0, 1000, len(rec), len(rec)) + pad + struct.pack("<I", total)
-        )
-    return out
 
 
 class Target:
@@ -92,7 +71,7 @@ class Target:
             return [bytes([d]) + s for s in f.DNS_SEEDS for d in (0, 1)]  # first byte: the direction
         if self.name == "tracker":
             return [bytes(range(i, i + 40)) for i in range(0, 200, 40)]
-        return [fmt(list(f.FRAME_SEEDS[:n])) for fmt in (_pcap, _pcapng) for n in (0, 1, 4)]
+        return [fmt(list(f.FRAME_SEEDS[:n])) for fmt in (f.pcap_file, f.pcapng_file) for n in (0, 1, 4)]
 
     def one(self, data: bytes) -> None:
         self.inputs += 1

@@ -113,6 +113,28 @@ def fuzz_dns(messages: Sequence[bytes], guard: DnsGuard | None, stats: DnsStats)
     return out
 
 
+def pcap_file(records: list[bytes]) -> bytes:
+    """A little-endian µs pcap of Ethernet records, one a second."""
+    out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    for i, rec in enumerate(records):
+        out += struct.pack("<IIII", 1_700_000_000 + i, 0, len(rec), len(rec)) + rec
+    return out
+
+
+def pcapng_file(records: list[bytes]) -> bytes:
+    """A pcapng with one section, one Ethernet interface and an enhanced packet block per record."""
+    shb = struct.pack("<IIIHHq", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1) + struct.pack("<I", 28)
+    idb = struct.pack("<IIHHI", 1, 20, 1, 0, 65535) + struct.pack("<I", 20)
+    out = shb + idb
+    for rec in records:
+        pad = rec + b"\x00" * (-len(rec) % 4)
+        total = 32 + len(pad)
+        out += (
+            struct.pack("<IIIIIII", 6, total, 0, 0, 1000, len(rec), len(rec)) + pad + struct.pack("<I", total)
+        )
+    return out
+
+
 def fuzz_pcap(data: bytes, directory: Path | None = None) -> int:
     """A file of any bytes: a one-line PcapError, or read to its end; returns records read."""
     with tempfile.NamedTemporaryFile(dir=directory, suffix=".pcap") as f:

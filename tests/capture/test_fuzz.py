@@ -6,7 +6,6 @@ run (>= 1,000,000 inputs per parser) is benchmarks/fuzz_parsers.py.
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -48,31 +47,11 @@ def test_dns_parser_and_guard_take_any_message(messages: list[bytes], guarded: b
     assert used >= 1 or stats.answers >= 1
 
 
-def _pcap(records: list[bytes]) -> bytes:
-    out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
-    for i, rec in enumerate(records):
-        out += struct.pack("<IIII", 1_700_000_000 + i, 0, len(rec), len(rec)) + rec
-    return out
-
-
-def _pcapng(records: list[bytes]) -> bytes:
-    shb = struct.pack("<IIIHHq", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1) + struct.pack("<I", 28)
-    idb = struct.pack("<IIHHI", 1, 20, 1, 0, 65535) + struct.pack("<I", 20)
-    out = shb + idb
-    for rec in records:
-        pad = rec + b"\x00" * (-len(rec) % 4)
-        total = 32 + len(pad)
-        out += (
-            struct.pack("<IIIIIII", 6, total, 0, 0, 1000, len(rec), len(rec)) + pad + struct.pack("<I", total)
-        )
-    return out
-
-
 files = st.builds(
     f.mutate,
     st.builds(
         lambda fmt, recs: fmt(recs),
-        st.sampled_from([_pcap, _pcapng]),
+        st.sampled_from([f.pcap_file, f.pcapng_file]),
         st.lists(st.sampled_from(f.FRAME_SEEDS), max_size=4),
     ),
     edits,
