@@ -14,6 +14,8 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP, Ether
 from scapy.utils import wrpcap
 
+from tests.pcaps import CLIENT, SERVER, one_connection
+
 PODWIRE = [sys.executable, "-m", "podwire"]
 
 
@@ -56,25 +58,9 @@ def test_replay_of_a_pcap_without_tcp_prints_no_records(tmp_path: Path) -> None:
 
 
 def test_replay_prints_one_record_per_connection_with_exact_bytes(tmp_path: Path) -> None:
-    c, s = "10.0.0.1", "10.0.0.2"
-    pkts = [
-        Ether() / IP(src=c, dst=s) / TCP(sport=40000, dport=80, flags="S", seq=1000),
-        Ether() / IP(src=s, dst=c) / TCP(sport=80, dport=40000, flags="SA", seq=5000, ack=1001),
-        Ether() / IP(src=c, dst=s) / TCP(sport=40000, dport=80, flags="A", seq=1001, ack=5001),
-        Ether()
-        / IP(src=c, dst=s)
-        / TCP(sport=40000, dport=80, flags="PA", seq=1001, ack=5001)
-        / (b"q" * 100),
-        Ether()
-        / IP(src=s, dst=c)
-        / TCP(sport=80, dport=40000, flags="FA", seq=5001, ack=1101)
-        / (b"r" * 250),
-        Ether() / IP(src=c, dst=s) / TCP(sport=40000, dport=80, flags="FA", seq=1101, ack=5252),
-    ]
-    for i, p in enumerate(pkts):
-        p.time = 1700000000.0 + i * 0.01
+    c, s = CLIENT, SERVER
     path = tmp_path / "one.pcap"
-    wrpcap(str(path), pkts)
+    one_connection(path, up=100, down=250)
     out = _run("replay", str(path), "--format", "jsonl", "--log-level", "error")
     assert out.returncode == 0, out.stderr
     (record,) = [json.loads(line) for line in out.stdout.splitlines()]

@@ -13,34 +13,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from scapy.all import IP, TCP, Ether, wrpcap
 
 from podwire import __version__
+from tests.pcaps import one_connection
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "localhost/podwire:test"
 MAX_IMAGE_BYTES = 700_000_000  # 601 MB measured (the stand-in base is 273 MB of it): catch bloat
-
-
-def _pcap(path: Path) -> None:
-    c, s = "10.0.0.1", "10.0.0.2"
-    pkts = [
-        Ether() / IP(src=c, dst=s) / TCP(sport=40000, dport=80, flags="S", seq=1000),
-        Ether() / IP(src=s, dst=c) / TCP(sport=80, dport=40000, flags="SA", seq=5000, ack=1001),
-        Ether() / IP(src=c, dst=s) / TCP(sport=40000, dport=80, flags="A", seq=1001, ack=5001),
-        Ether()
-        / IP(src=c, dst=s)
-        / TCP(sport=40000, dport=80, flags="PA", seq=1001, ack=5001)
-        / (b"q" * 123),
-        Ether()
-        / IP(src=s, dst=c)
-        / TCP(sport=80, dport=40000, flags="FA", seq=5001, ack=1124)
-        / (b"r" * 4567),
-        Ether() / IP(src=c, dst=s) / TCP(sport=40000, dport=80, flags="FA", seq=1124, ack=9569),
-    ]
-    for i, p in enumerate(pkts):
-        p.time = 1700000000.0 + i * 0.01
-    wrpcap(str(path), pkts)
 
 
 @pytest.mark.timeout(1500)  # cold (no cached base): debootstrap first, ~9 min more
@@ -49,7 +28,7 @@ def test_the_image_builds_and_runs_version_and_replay_in_a_container(tmp_path: P
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed (scripts/setup.sh --test installs them)")
     pcap = tmp_path / "one.pcap"
-    _pcap(pcap)
+    one_connection(pcap, up=123, down=4567)
     pcap.chmod(0o644)
     tmp_path.chmod(0o755)  # read by the image's non-root user through the bind mount
     out = subprocess.run(
