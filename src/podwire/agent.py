@@ -243,7 +243,7 @@ def replay(settings: Settings, path: str, fmt: str, out: TextIO) -> int:
     resolver = build_service(settings)
     sink = CollectingSink()
     pipeline = Pipeline(
-        Tracker(TrackerLimits.from_settings(settings)),
+        Tracker(TrackerLimits.from_settings(settings), opened=False),
         resolver,
         [sink],
         resolver.learn_dns,

@@ -152,3 +152,23 @@ def test_learning_from_several_capture_threads_at_once_never_raises():
         t.join()
     assert errors == []
     assert ext.stats().dns_names <= 500
+
+
+def test_the_catch_all_is_cached_with_the_address_and_dns_still_wins_over_it():
+    ext = ExternalNames(TABLE, cache_size=16, clock=Clock(0.0))
+    assert ext.resolve("198.51.100.7", at=1.0).name == "internet"
+    assert ext._cidr_cache["198.51.100.7"][1].name == "internet"  # both answers kept, one probe
+    ext.learn([DnsAnswer(ts=0.0, name="api.example", address="198.51.100.7", ttl=300)])
+    # a learned name beats a cached catch-all
+    assert ext.resolve("198.51.100.7", at=1.0).name == "api.example"
+    assert ext.resolve("198.51.100.7", at=10_000.0).name == "internet"  # ...while its TTL lasts
+    assert ext.resolve("203.0.113.200", at=1.0).name == "partner-api-gw"
+    assert ext.resolve("2001:db8:1::5", at=1.0).name == "doc-net-1"
+    assert ext.resolve("garbage", at=1.0) is UNKNOWN_EXTERNAL
+    ext.add_cidr("198.51.100.0/24", "partner-b")  # a new network empties the cache
+    assert ext.resolve("198.51.100.8", at=1.0).name == "partner-b"
+    for i in range(100):
+        assert ext.resolve(f"192.0.2.{i}", at=1.0).name == "internet"
+        assert len(ext._cidr_cache) <= 16
+    st = ext.stats()
+    assert st.dns_hits == 1 and st.unknown == 1

@@ -204,3 +204,29 @@ def test_interning_shares_repeated_strings():
     y = make_identity(IdentityKind.POD, "p-2", namespace=ns, workload=wl)
     assert x.namespace is y.namespace
     assert x.workload is y.workload
+
+
+def test_missed_ipv6_spellings_are_parsed_once_into_a_bounded_cache(monkeypatch):
+    import podwire.identity.index as index_module
+
+    monkeypatch.setattr(index_module, "CANON_CACHE_SIZE", 8)
+    ext = ExternalNames([("::/0", "internet6")])
+    index = IdentityIndex(fallback=ext, clock=Clock(1000.0))
+    p = pod("v6")
+    index.set("pod/v6", ["fd00::1:5"], p, at=1000.0)
+    for _ in range(3):  # repeated: answered from the cache, the same as the first time
+        assert index.resolve("FD00:0:0:0:0:0:1:5", None) == p
+        assert index.resolve("2001:db8::7", None).name == "internet6"
+        assert index.resolve("not:an:address", None) is UNKNOWN_EXTERNAL
+    assert index._canon["FD00:0:0:0:0:0:1:5"] == "fd00::1:5"
+    assert index._canon["2001:db8::7"] == "2001:db8::7"
+    for i in range(100):
+        assert index.resolve(f"2001:db8::{i:x}", None).name == "internet6"
+        assert len(index._canon) <= 8
+    # a cached spelling still follows the index over time: the pod leaves, then the address is reused
+    index.resolve("FD00:0:0:0:0:0:1:5", None)
+    index.remove("pod/v6", at=2000.0)
+    q = pod("v6-reused")
+    index.set("pod/v6b", ["fd00::1:5"], q, at=3000.0)
+    assert index.resolve("FD00:0:0:0:0:0:1:5", 1500.0) == p
+    assert index.resolve("FD00:0:0:0:0:0:1:5", 3500.0) == q

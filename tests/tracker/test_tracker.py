@@ -833,3 +833,22 @@ def test_anomaly_kinds_lists_every_kind_the_tracker_counts() -> None:
     counted |= {rule.anomaly for rule in RULES if rule.anomaly is not None}
     assert len(counted) > 10
     assert counted == set(tracker_module.ANOMALY_KINDS)
+
+
+def test_opened_false_builds_no_opened_events_and_the_same_records() -> None:
+    """Replay's tracker: no ConnectionOpened (from SYN-ACK after SYN, or a SYN-ACK alone), and
+    records field for field as with them."""
+
+    def run(t: Tracker) -> list[ConnectionEvent]:
+        a = Script(cisn=1000, sisn=2000)
+        b = Script(cisn=M - 1, sisn=31337, client=(A, 40001), client_local=False)
+        events = feed_all(t, [a.syn(1.0), a.synack(1.1), b.synack(1.2)])
+        a.up, a.down, b.up, b.down = 10, 20, 30, 40
+        closes = [a.fin(2.0, True), a.fin(2.1, False), b.fin(2.2, False), b.fin(2.3, True)]
+        return events + feed_all(t, closes)
+
+    with_opened = run(Tracker())
+    without = run(Tracker(opened=False))
+    assert sum(isinstance(e, ConnectionOpened) for e in with_opened) == 2
+    assert not any(isinstance(e, ConnectionOpened) for e in without)
+    assert without == records(with_opened) and len(without) == 2

@@ -2,7 +2,7 @@
 
 Never a blocking lookup: the CIDR table is in memory, DNS names come from answers the capture
 already sniffed.  The CIDR match is per prefix length, longest first, one dict probe per length
-in use; repeated addresses hit a bounded result cache.
+in use; repeated addresses hit a bounded result cache (which keeps the catch-all's answer too).
 """
 
 from __future__ import annotations
@@ -81,11 +81,15 @@ class CidrTable:
         `default=False` leaves out a catch-all entry (0.0.0.0/0, ::/0)."""
         try:
             if ":" in address:
-                value = _from_bytes(_inet_pton(socket.AF_INET6, address), "big")
                 table = self._v6
+                if not table:
+                    return None  # nothing named in this family: no need to parse the address
+                value = _from_bytes(_inet_pton(socket.AF_INET6, address), "big")
             else:
-                value = _from_bytes(_inet_pton(socket.AF_INET, address), "big")
                 table = self._v4
+                if not table:
+                    return None
+                value = _from_bytes(_inet_pton(socket.AF_INET, address), "big")
         except OSError:
             return None
         for plen, mask, nets in table:
@@ -134,7 +138,9 @@ class ExternalNames:
         self._dns: OrderedDict[str, _Learned] = OrderedDict()  # address -> name, LRU order
         # Several capture threads may learn at once; lookups read without it (single dict gets).
         self._learn_lock = threading.Lock()
-        self._cidr_cache: dict[str, Identity | None] = {}
+        # address -> (narrowest configured network, catch-all), both None where none matches;
+        # bounded by cache_size (cleared when full)
+        self._cidr_cache: dict[str, tuple[Identity | None, Identity | None]] = {}
         self._names: dict[str, Identity] = {}  # interned identities of learned names
         self.cidr_hits = 0
         self.dns_hits = 0
@@ -147,22 +153,25 @@ class ExternalNames:
         self._cidr_cache = {}
 
     def resolve(self, address: str, at: float | None = None) -> Identity:
-        cached = self._cidr_cache.get(address, self)
-        if cached is self:
-            cached = self.cidrs.lookup(address, default=False)
-            if len(self._cidr_cache) >= self._cache_size:
-                self._cidr_cache = {}  # bounded: start over rather than track recency
-            self._cidr_cache[address] = cached
-        if cached is not None:
-            self.cidr_hits += 1
-            return cached  # type: ignore[return-value]
+        catch_all: Identity | None = None
+        if self.cidrs:  # with no table (the default) there is nothing to cache
+            cached = self._cidr_cache.get(address)
+            if cached is None:
+                network = self.cidrs.lookup(address, default=False)
+                cached = (network, None if network is not None else self.cidrs.lookup(address))
+                if len(self._cidr_cache) >= self._cache_size:
+                    self._cidr_cache = {}  # bounded: start over rather than track recency
+                self._cidr_cache[address] = cached
+            network, catch_all = cached
+            if network is not None:
+                self.cidr_hits += 1
+                return network
         learned = self._dns.get(address)
         if learned is not None:
             when = self._clock() if at is None else at
             if when <= learned.expires:
                 self.dns_hits += 1
                 return learned.identity
-        catch_all = self.cidrs.lookup(address)
         if catch_all is not None:
             self.cidr_hits += 1
             return catch_all

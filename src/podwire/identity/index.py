@@ -29,6 +29,9 @@ from podwire.model import UNKNOWN_EXTERNAL, Identity, IdentityKind
 NEG_INF = -math.inf
 LEAVE_GRACE_S = 30.0
 POS_INF = math.inf
+# Missed IPv6 addresses -> their canonical spelling (a pure function of the text, so caching it
+# changes no result): without it every lookup of an address no pod holds re-parses it.
+CANON_CACHE_SIZE = 65_536
 
 _intern = sys.intern
 
@@ -162,6 +165,7 @@ class IdentityIndex:
         self._pruned = 0
         self.lookups_missed = 0
         self.lookups_historical = 0
+        self._canon: dict[str, str] = {}  # bounded by CANON_CACHE_SIZE (cleared when full)
 
     # ---- reading (capture thread; no lock) ------------------------------------------------
 
@@ -184,10 +188,15 @@ class IdentityIndex:
             return ident
         if ":" in address and spans is None:
             # Same address, other spelling (e.g. upper-case or uncompressed IPv6).
-            try:
-                canon = ipaddress.ip_address(address).compressed
-            except ValueError:
-                canon = address
+            canon = self._canon.get(address)
+            if canon is None:
+                try:
+                    canon = ipaddress.ip_address(address).compressed
+                except ValueError:
+                    canon = address
+                if len(self._canon) >= CANON_CACHE_SIZE:
+                    self._canon = {}  # bounded: start over rather than track recency
+                self._canon[address] = canon
             if canon != address:
                 return self.resolve(canon, at)
         self.lookups_missed += 1

@@ -394,8 +394,11 @@ class Tracker:
     change hashes no 5-tuple.
     """
 
-    def __init__(self, limits: TrackerLimits | None = None) -> None:
+    def __init__(self, limits: TrackerLimits | None = None, opened: bool = True) -> None:
+        """`opened=False`: no `ConnectionOpened` events (replay prints finished connections only,
+        and building one costs about 1 us a connection)."""
         self.limits = limits = limits or TrackerLimits()
+        self._opened = opened
         self._max_connections = limits.max_connections
         self._max_half_open = limits.max_half_open
         self._max_recent = limits.max_recently_closed
@@ -938,6 +941,8 @@ class Tracker:
         entry.state = _ESTABLISHED
         entry.since = ts
         self._established.add(entry)
+        if not self._opened:
+            return _NONE
         client, server = self._endpoints_of(entry)
         return (
             ConnectionOpened(
@@ -954,6 +959,8 @@ class Tracker:
         cisn = (seg.ack - 1) & _MASK
         new = _entry(key, _ESTABLISHED, seg.ts, cisn, seg.seq, _side(seg.from_local, False))
         self._admit(new)
+        if not self._opened:
+            return _NONE
         client, server = self._endpoints_of(new)
         return (ConnectionOpened(key[0], client, server, seg.ts, None, cisn, seg.seq, new.side),)
 
