@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from podwire import log
+from podwire.capture import netns
 
 _log = log.get("podwire.capture.interfaces")
 
@@ -128,11 +129,12 @@ def link_from_message(msg: Any) -> Link | None:
 class InterfaceWatch:
     """Netlink link discovery; create it in the namespace to watch (the sockets stay there)."""
 
-    def __init__(self, link_filter: LinkFilter) -> None:
+    def __init__(self, link_filter: LinkFilter, namespace: str | None = None) -> None:
         from pyroute2 import IPRoute
         from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
         self._filter = link_filter
+        self._namespace = namespace  # where the listing must run (None: this one)
         # Subscribe before the first listing, so no event falls between the two.
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, 0)
         try:
@@ -154,7 +156,11 @@ class InterfaceWatch:
     def initial(self) -> list[LinkChange]:
         """Compare the full link list with what we reported; used at start and after an overflow."""
         seen: dict[int, Link] = {}
-        for msg in self._ipr.get_links():
+        # pyroute2 0.9 opens its socket per calling thread, in that thread's namespace: a re-list from
+        # the capture thread (after an overflow) would otherwise list the host's links, not the node's.
+        with netns.inside(self._namespace):
+            msgs = list(self._ipr.get_links())
+        for msg in msgs:
             link = link_from_message(msg)
             if link is not None and self._filter.accepts(link):
                 seen[link.ifindex] = link

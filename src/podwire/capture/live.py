@@ -126,7 +126,7 @@ class LiveCapture:
         self._lock = threading.Lock()  # interface table + kernel counters (see module docstring)
         self._sel = selectors.EpollSelector()
         with netns.inside(settings.netns):
-            self._watch = InterfaceWatch(self._filter)
+            self._watch = InterfaceWatch(self._filter, settings.netns)
             try:
                 # Bound to every interface with a filter that drops all until the first swap.
                 self._ring = RingSocket(
