@@ -51,7 +51,7 @@ print(json.dumps(rx.wire_bytes), flush=True)
 PORT = 7000
 
 SERVER = """
-import socket, threading
+import socket
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(('0.0.0.0', {port})); s.listen(4096)
 while True:

@@ -47,6 +47,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.otlp_receiver, benchmarks.replay_rate
 
+from benchmarks.churn import CLIENT, PORT, RECEIVER, SERVER  # noqa: E402  (the same programs as the in-process churn)
 from benchmarks.replay_rate import make_pcap  # noqa: E402
 
 from podwire import __version__  # noqa: E402
@@ -54,35 +55,6 @@ from podwire.capture.bpf import FilterOptions, expression  # noqa: E402
 from podwire.demo.cluster import Cluster, ClusterSpec, NodeSpec, PodSpec  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-PORT = 7000
-SERVER = """
-import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('0.0.0.0', {port})); s.listen(4096)
-while True:
-    c, _ = s.accept()
-    try:
-        c.recv(16); c.sendall(b'hello')
-    except OSError:
-        pass
-    c.close()
-"""
-CLIENT = """
-import socket, sys
-n = int(sys.argv[1]); done = 0
-while done < n:
-    c = socket.create_connection((sys.argv[2], {port}))
-    c.sendall(b'hi'); c.recv(16); c.close(); done += 1
-"""
-RECEIVER = """
-import json, sys
-from tests.otlp_receiver import OtlpReceiver
-rx = OtlpReceiver().start()
-print(json.dumps(rx.env("grpc", interval_ms=5000)), flush=True)
-sys.stdin.read()
-rx.stop()
-print(json.dumps(rx.wire_bytes), flush=True)
-"""
 PER_CONNECTION = """
 import gc, sys
 from podwire.model import ACK, SYN, Segment

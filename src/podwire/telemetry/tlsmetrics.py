@@ -91,40 +91,33 @@ class TlsMetricsSink:
             deprecated = list(self._deprecated.items())
             not_after = list(self._not_after.items())
         out: list[Metric] = []
-        if handshakes:
-            pts = [
-                NumberDataPoint(dict(zip(_HANDSHAKE_LABELS, k, strict=True)), t0, now, v)
-                for k, v in handshakes
-            ]
-            out.append(
-                Metric(
-                    n.TLS_HANDSHAKES,
-                    "TLS handshakes seen (ServerHello)",
-                    n.UNIT_CONNECTIONS,
-                    Sum(pts, _CUMULATIVE, True),
-                )
-            )
-        if deprecated:
-            pts = [
-                NumberDataPoint(dict(zip(_DEPRECATED_LABELS, k, strict=True)), t0, now, v)
-                for k, v in deprecated
-            ]
-            out.append(
-                Metric(
-                    n.TLS_DEPRECATED_HANDSHAKES,
-                    "TLS handshakes that chose SSL 3.0, TLS 1.0 or TLS 1.1",
-                    n.UNIT_CONNECTIONS,
-                    Sum(pts, _CUMULATIVE, True),
-                )
-            )
-        if not_after:
-            pts = [NumberDataPoint(dict(zip(_CERT_LABELS, k, strict=True)), t0, now, v) for k, v in not_after]
-            out.append(
-                Metric(
-                    n.TLS_CERTIFICATE_NOT_AFTER,
-                    "Leaf certificate notAfter, unix seconds (TLS <= 1.2 handshakes)",
-                    n.UNIT_SECONDS,
-                    Gauge(pts),
-                )
-            )
+        for name, help_, unit, labels, items, gauge in (
+            (
+                n.TLS_HANDSHAKES,
+                "TLS handshakes seen (ServerHello)",
+                n.UNIT_CONNECTIONS,
+                _HANDSHAKE_LABELS,
+                handshakes,
+                False,
+            ),
+            (
+                n.TLS_DEPRECATED_HANDSHAKES,
+                "TLS handshakes that chose SSL 3.0, TLS 1.0 or TLS 1.1",
+                n.UNIT_CONNECTIONS,
+                _DEPRECATED_LABELS,
+                deprecated,
+                False,
+            ),
+            (
+                n.TLS_CERTIFICATE_NOT_AFTER,
+                "Leaf certificate notAfter, unix seconds (TLS <= 1.2 handshakes)",
+                n.UNIT_SECONDS,
+                _CERT_LABELS,
+                not_after,
+                True,
+            ),
+        ):
+            if items:
+                pts = [NumberDataPoint(dict(zip(labels, k, strict=True)), t0, now, v) for k, v in items]
+                out.append(Metric(name, help_, unit, Gauge(pts) if gauge else Sum(pts, _CUMULATIVE, True)))
         return out
