@@ -95,7 +95,6 @@ class Pipeline:
         tls: TlsAssembler | None = None,
         backends: ServiceBackends | None = None,
         prober: CertificateProber | None = None,
-        opened: bool = True,
     ) -> None:
         self.tracker = tracker
         self.tls = tls  # joins handshake facts to records (None: TLS insight off)
@@ -105,8 +104,7 @@ class Pipeline:
         self._via: dict[tuple[Identity, str], Identity] = {}
         self._sinks = tuple(sinks)
         # bound once: the dispatch loop runs per connection
-        # opened=False (replay prints finished connections only): opened events are not named
-        self._on_opened = tuple(sink.on_opened for sink in self._sinks) if opened else ()
+        self._on_opened = tuple(sink.on_opened for sink in self._sinks)
         self._on_connection = tuple(sink.on_connection for sink in self._sinks)
         # progress is optional for a sink: decided here, once
         self._on_progress = tuple(
@@ -146,10 +144,9 @@ class Pipeline:
                 prober.own_dropped += 1  # the prober's own connection: not workload traffic
                 continue
             if isinstance(event, ConnectionOpened):
-                if self._on_opened:
-                    client, server = name(event.client, event.server, event.client_isn, event.start_time)
-                    for on_opened in self._on_opened:
-                        on_opened(event, client, server)
+                client, server = name(event.client, event.server, event.client_isn, event.start_time)
+                for on_opened in self._on_opened:
+                    on_opened(event, client, server)
                 continue
             if isinstance(event, ConnectionProgress):
                 when = event.start_time if event.start_time is not None else event.ts
@@ -243,12 +240,11 @@ def replay(settings: Settings, path: str, fmt: str, out: TextIO) -> int:
     resolver = build_service(settings)
     sink = CollectingSink()
     pipeline = Pipeline(
-        Tracker(TrackerLimits.from_settings(settings), opened=False),
+        Tracker(TrackerLimits.from_settings(settings), opened=False),  # replay prints finished connections
         resolver,
         [sink],
         resolver.learn_dns,
         tls_assembler(settings),
-        opened=False,
     )
     try:
         drive(source, pipeline)
