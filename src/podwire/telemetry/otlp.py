@@ -40,17 +40,30 @@ class _WireTraceStub:
         )
 
 
+def _sdk_layout_known(exporter: GrpcSpanExporter) -> bool:
+    """The SDK fields the wire stub replaces (`_channel`, `_stub`, `_client`) are private: checked
+    once, so an SDK release that renames them costs the fast path, never a span."""
+    fields = vars(exporter)
+    return "_channel" in fields and "_stub" in fields and "_client" in fields
+
+
 class FastGrpcSpanExporter(GrpcSpanExporter):
     """The SDK's gRPC exporter (channel, retries, headers, TLS) with encode.py's encoder."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._encoder = SpanEncoder()  # one per exporter: its cache is touched by one worker thread
-        self._stub = _WireTraceStub  # the SDK's reconnect path makes its client from `_stub` again
-        self._client = _WireTraceStub(self._channel)  # type: ignore[assignment]  # the SDK types it as None
+        self.wire = _sdk_layout_known(self)
+        if self.wire:
+            encoder = SpanEncoder()  # one per exporter: its cache is touched by one worker thread
+            self._translate: Any = encoder.wire
+            self._stub = _WireTraceStub  # the SDK's reconnect path makes its client from `_stub` again
+            self._client = _WireTraceStub(self._channel)  # type: ignore[assignment]  # the SDK types it as None
+        else:
+            _log.warning("span_exporter_sdk_layout_unknown", fallback="the SDK's own encoder")
+            self._translate = super()._translate_data
 
     def _translate_data(self, data: Sequence[ReadableSpan]) -> Any:
-        return self._encoder.wire(data)
+        return self._translate(data)
 
 
 class FastHttpSpanExporter(HttpSpanExporter):
