@@ -55,8 +55,8 @@ class ObjectStore(Protocol):
     def apply(self, kind: str, etype: str, obj: Any, at: float) -> None:
         """One ADDED/MODIFIED/DELETED object; raises one of BAD_OBJECT if it is malformed."""
 
-    def replace(self, kind: str, objects: Iterable[Any], at: float) -> int:
-        """A full list of `kind`; returns how many objects were malformed."""
+    def replace(self, kind: str, objects: Iterable[Any], at: float, on_bad: Callable[[], None]) -> None:
+        """A full list of `kind`; `on_bad()` for each malformed object, as it is skipped."""
 
 
 class KubeConfigError(RuntimeError):
@@ -225,6 +225,9 @@ class _KindState:
         self.override_rv: str | None = None
         self.reconnecting = False
         self.thread: threading.Thread | None = None
+
+    def count_bad(self) -> None:
+        self.bad_objects += 1
 
 
 class KubeSource:
@@ -499,7 +502,7 @@ class KubeSource:
         relist = state.lists > 0
         at = self._clock() if relist else NEG_INF  # the first list: held since before we looked
         listed = _Listed()
-        state.bad_objects += self.store.replace(kind, self._items(state, listed), at)
+        self.store.replace(kind, self._items(state, listed), at, state.count_bad)
         state.rv = listed.rv
         state.objects = listed.count
         state.lists += 1

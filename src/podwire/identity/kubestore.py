@@ -49,12 +49,11 @@ class KubeStore:
         Raises one of BAD_OBJECT on a malformed object."""
         self._appliers[kind](self, etype, obj, at)
 
-    def replace(self, kind: str, objects: Iterable[Any], at: float) -> int:
+    def replace(self, kind: str, objects: Iterable[Any], at: float, on_bad: Callable[[], None]) -> None:
         """A full list of `kind` (as of `at`): apply every object, then drop the entries of that
-        kind the list no longer holds.  Returns how many objects were malformed (skipped).  If
-        iterating `objects` raises (the list broke off), what was applied stays and nothing is
-        dropped: the next full list settles it."""
-        bad = 0
+        kind the list no longer holds.  `on_bad()` for each malformed object (skipped), as it comes,
+        so a list that breaks off later still counts it.  If iterating `objects` raises (the list
+        broke off), what was applied stays and nothing is dropped: the next full list settles it."""
         if kind in OWNER_KINDS:
             top_kind = "Deployment" if kind == "replicasets" else "CronJob"
             fresh: dict[str, str] = {}
@@ -62,14 +61,14 @@ class KubeStore:
                 m = obj.metadata
                 fresh[_intern(m.namespace) + "/" + m.name] = _controller_name(m, top_kind)
             self._replace_owners(kind, fresh, at)
-            return bad
+            return
         apply = self._appliers[kind]
         seen: set[str] = set()
         for obj in objects:
             try:
                 key = apply(self, "ADDED", obj, at)
             except BAD_OBJECT as exc:
-                bad += 1
+                on_bad()
                 _log.debug("kube_bad_object", kind=kind, error=repr(exc))
                 continue
             if key is not None:
@@ -78,7 +77,11 @@ class KubeStore:
         gone = self.index.retain(lambda k: not k.startswith(prefix) or k in seen, at=at)
         if gone:
             _log.info("kube_relist_removed", kind=kind, removed=gone)
-        return bad
+        if kind == "pods" and self._pending_of:
+            # pods deleted while the watch was down no longer wait for their owner
+            with self._owner_lock:
+                for key in [k for k in self._pending_of if k not in seen]:
+                    self._drop_pending(key, self._pending_of[key])
 
     def _apply_pod(self, etype: str, obj: slim.Pod, at: float) -> str | None:
         meta = obj.metadata
