@@ -194,6 +194,8 @@ class IdentityIndex:
                     canon = ipaddress.ip_address(address).compressed
                 except ValueError:
                     canon = address
+                if canon == address:
+                    canon = address  # the same object, not a second copy (the cache holds 65,536)
                 if len(self._canon) >= CANON_CACHE_SIZE:
                     self._canon = {}  # bounded: start over rather than track recency
                 self._canon[address] = canon
