@@ -316,3 +316,19 @@ def test_a_cut_client_hello_still_names_its_server_when_the_sni_arrived_whole(ce
         assert info.ja3 is None and info.ja4 is None and asm.stats.incomplete == 1
         assert partial_server_name(body[: max(0, cut - 9)]) == info.server_name
     assert partial_server_name(b"") is None and partial_server_name(b"\xff" * 300) is None
+
+
+def test_hello_lookalikes_deep_in_a_stream_name_nothing_even_cut_or_after_a_gap(cert, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    flight = handshake(cert, tmp_path)
+    hello = flight.client[0]
+    sni_end = hello.index(b"web.podwire.test") + len(b"web.podwire.test")
+    first, *_ = chunks(flight, split=sni_end)  # a ClientHello cut just after its SNI
+    assert first.src == CLIENT and len(first.payload) == sni_end
+    # inside a plain upload, 1 MB into the stream: its SNI is not the connection's name
+    asm, info = run([first._replace(seq=first.seq + 1_000_000)])
+    assert info is None and asm.stats.late == 1
+    # the real hello cut at the start, then a whole lookalike 1 MB on: the resync measures from it
+    whole = [c for c in chunks(flight) if c.src == CLIENT][:1]
+    asm, info = run([first, *(c._replace(seq=c.seq + 1_000_000) for c in whole)])
+    assert asm.stats.gap == 1 and asm.stats.late == 1
+    assert info is None  # neither its SNI nor its fingerprints

@@ -225,6 +225,7 @@ class TlsAssembler:
             stats.gap += 1
             d.records.clear()
             d.messages.clear()
+            d.start = chunk.seq  # what is parsed now begins here (the 64 KiB check measures from it)
             data = payload
         else:
             stats.gap += 1
@@ -333,14 +334,15 @@ class TlsAssembler:
             return None
         self._count_incomplete(conn)
         ch, sh, cert = conn.client_hello, conn.server_hello, conn.cert
+        cut_sni = None
+        if ch is None:  # a ClientHello cut short: its SNI may be whole
+            cut_sni = self._cut_server_name(conn.dirs.get((client, record.client.port)))
         if not record.started_before_capture:
-            if ch is not None and self._late(conn, client, record.client.port, record.client_isn):
-                ch = None
+            hello = ch is not None or cut_sni is not None
+            if hello and self._late(conn, client, record.client.port, record.client_isn):
+                ch = cut_sni = None  # hello-like bytes deep in the stream, e.g. inside an upload
             if sh is not None and self._late(conn, server, record.server.port, record.server_isn):
                 sh = cert = None
-        cut_sni = None
-        if ch is None and conn.client_hello is None:  # a ClientHello cut short: its SNI may be whole
-            cut_sni = self._cut_server_name(conn.dirs.get((client, record.client.port)))
         if ch is None and sh is None and cut_sni is None:
             return None
         self.stats.joined += 1
