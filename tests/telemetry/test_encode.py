@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
@@ -41,6 +42,8 @@ def podwire_spans() -> list[ReadableSpan]:
         (record(Outcome.RESET, Side.CLIENT, initiator=CloseInitiator.SERVER, c2s=None), web, ext),
         (record(side=None, network_type="ipv6", client_ip="fd00::1", server_ip="fd00::2"), web, db),
         (record(side=Side.SERVER, c2s=2**40, s2c=0), ext, db),
+        # the same pod reached through its Service: one resource, as the SDK groups them
+        (record(side=Side.SERVER), web, msgspec.structs.replace(db, service="db-svc")),
     ]:
         sink.on_connection(named(rec, c, s))
     return sink_out.spans
@@ -48,7 +51,7 @@ def podwire_spans() -> list[ReadableSpan]:
 
 def test_fast_encoder_matches_the_sdk_encoder_message_for_message() -> None:
     spans = podwire_spans()
-    assert len(spans) == 7
+    assert len(spans) == 8
     encoder = SpanEncoder()
     for _ in range(2):  # the second pass is served from the element caches
         fast = ExportTraceServiceRequest.FromString(encoder.encode(spans))

@@ -157,13 +157,22 @@ class ResourceCache:
         self._node = node_name
         self._size = size
         self._cache: OrderedDict[Identity, Resource] = OrderedDict()
+        # Identities that differ only where the resource does not look (e.g. the Service a pod was
+        # reached by) share one object: the encoder groups spans by resource object, the SDK by value.
+        self._shared: dict[tuple[tuple[str, str], ...], Resource] = {}
 
     def get(self, ident: Identity) -> Resource:
         res = self._cache.get(ident)
         if res is not None:
             self._cache.move_to_end(ident)
             return res
-        res = self._base.merge(Resource(resource_attributes(ident, self._node)))
+        attrs = resource_attributes(ident, self._node)
+        key = tuple(attrs.items())
+        res = self._shared.get(key)
+        if res is None:
+            if len(self._shared) >= self._size:
+                self._shared.clear()
+            res = self._shared[key] = self._base.merge(Resource(attrs))
         self._cache[ident] = res
         if len(self._cache) > self._size:
             self._cache.popitem(last=False)
