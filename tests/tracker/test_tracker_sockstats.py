@@ -192,3 +192,39 @@ def test_an_unchanged_sample_emits_nothing_but_keeps_the_connection_alive() -> N
     assert (p.bytes_client_to_server, p.retransmits) == (100, 1)
     rec = close(t, 300, 5)
     assert (rec.bytes_client_to_server, rec.retransmits) == (300, 1)
+
+
+def test_a_socket_past_its_fin_does_not_keep_a_connection_alive_changed_or_not() -> None:
+    # capture missed the FIN; the socket lingers in CLOSE_WAIT with frozen counters
+    from podwire.tracker.tracker import TrackerLimits
+
+    t = Tracker(TrackerLimits(idle_timeout_s=10.0))
+    opened(t)
+    for ts in range(2, 31):
+        t.feed_stats(float(ts), [client_sample(10, 5, established=False)])
+        t.expire(float(ts))
+    assert t.state_of(1, A, CP, B, SP) == State.NEW  # idle-expired 10 s after the handshake
+    assert t.stats.anomalies == {"idle_expired": 1}
+
+
+def test_both_ends_of_one_connection_at_one_point_are_told_apart() -> None:
+    # a pod talking to itself through two of its addresses: both sockets are dumped at its point,
+    # and the server end's counters are not mistaken for an unchanged client sample
+    t = Tracker()
+    opened(t)
+    p = progress(t.feed_stats(2.0, [client_sample(1000, 50)]))
+    assert (p.bytes_client_to_server, p.bytes_server_to_client) == (1000, 50)
+    same = SocketSample(1, B, A, SP, CP, True, True, 1001, 50, 2_000, 1_500, 0)  # its numbers, other end
+    p = progress(t.feed_stats(3.0, [same]))
+    assert (p.bytes_client_to_server, p.bytes_server_to_client) == (1000, 1001)
+    assert p.observed_side is Side.CLIENT
+
+
+def test_a_flush_leaves_nothing_queued() -> None:
+    t = Tracker()
+    for port in range(40000, 40100):
+        t.feed(Segment(1.0, 1, A, B, port, SP, CISN, 0, SYN, 0, True))
+        t.feed(Segment(1.001, 1, B, A, SP, port, SISN, CISN + 1, SYN | ACK, 0, False))
+    assert t.stats.established == 100
+    assert len(t.flush(2.0)) == 100
+    assert t.stats.established == 0 and list(t._established) == [] and not t._established._entries

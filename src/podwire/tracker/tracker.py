@@ -573,6 +573,7 @@ class Tracker:
             out.append(self._finish(entry, _TIMEOUT, entry.syn_ts, None, now))
         for entry in [*self._established, *self._closing]:
             out.append(self._finish(entry, _OPEN, None, None, now))
+        self._established = _Established()  # (its stale refs held finished entries)
         self._recent.clear()
         self._entries.clear()
         self._unmatched.clear()
@@ -864,9 +865,9 @@ class Tracker:
                 live = entry.live = _Live(c2s, s2c, smp.total_retrans, False)
             else:
                 live = entry.live = _Live(0, 0, 0, False)
-        sampled = smp[6:]
+        sampled = (local_is_client, smp[6:])  # (two ends of one connection may share a point)
         if sampled == live.last:  # nothing moved since the last sample (an idle connection)
-            if entry.state == _ESTABLISHED:  # but alive: restart the idle timer
+            if established and entry.state == _ESTABLISHED:  # but alive: restart the idle timer
                 self._established.refresh(entry, self._sample_ts)
             return _NONE
         live.last = sampled
