@@ -20,7 +20,14 @@ from pyroute2 import netns as pyroute2_netns
 
 from podwire.demo.cluster import Cluster, call_in_netns, netns_path
 from podwire.model import StatsRound
-from podwire.sockstats.sampler import SKIP_DENIED, SKIP_NOT_FOUND, SKIP_VANISHED, NodeTarget, Sampler
+from podwire.sockstats.sampler import (
+    SKIP_DENIED,
+    SKIP_FAILED,
+    SKIP_NOT_FOUND,
+    SKIP_VANISHED,
+    NodeTarget,
+    Sampler,
+)
 from tests.live.harness import client_socket, listener
 
 
@@ -314,3 +321,29 @@ def test_a_round_holds_at_most_max_sockets_and_counts_the_rest(two_pod_cluster: 
         sampler.close()
         for x in (*socks, lsock):
             x.close()
+
+
+def test_a_truncated_dump_counts_as_failed_not_as_a_pod_gone(
+    two_pod_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from podwire.sockstats import sampler as sampler_mod
+    from podwire.sockstats.diag import DiagError
+
+    class Truncated(sampler_mod.DiagDump):
+        def listening(self) -> frozenset[int]:
+            raise DiagError(errno.EBADMSG, "truncated sock_diag message")
+
+    monkeypatch.setattr(sampler_mod, "DiagDump", Truncated)
+    rounds: list[StatsRound] = []
+    target = NodeTarget(
+        two_pod_cluster.nodes[0].netns, rounds.append, include=two_pod_cluster.host_veth_pattern
+    )
+    sampler = Sampler([target], interval_s=60)
+    try:
+        sampler.sample_once()
+        assert sampler.stats.skipped == {SKIP_FAILED: 2} and sampler.stats.dumps == 0
+        assert _own_netns() == os.stat("/proc/self/ns/net").st_ino  # back home all the same
+    finally:
+        sampler.close()

@@ -50,6 +50,7 @@ _REASONS = {
     errno.ENOENT: SKIP_VANISHED,  # its file was unmounted, or its process exited
     errno.ESRCH: SKIP_VANISHED,
     errno.EINVAL: SKIP_VANISHED,  # the path now names something that is not a network namespace
+    errno.EBADMSG: SKIP_FAILED,  # a truncated reply: a fault, not a pod going away
 }
 
 
