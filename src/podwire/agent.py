@@ -447,8 +447,11 @@ class NodeCapture:
     def deliver_stats(self, stats: StatsRound) -> None:
         """Sampler thread: queue a round (bounded: a stalled capture thread drops the oldest)."""
         if len(self._stats) >= STATS_QUEUE:
-            self._stats.popleft()
-            self.stats_rounds_dropped += 1
+            try:
+                self._stats.popleft()
+                self.stats_rounds_dropped += 1
+            except IndexError:  # the capture thread took them all meanwhile
+                pass
         self._stats.append(stats)
 
     def _loop(self) -> None:
