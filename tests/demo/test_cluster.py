@@ -449,8 +449,8 @@ GRACEFUL = """
 import json, time
 from podwire import log
 log.configure()
-from podwire.demo.cluster import Cluster, ClusterSpec, NodeSpec, PodSpec, exit_on_sigterm
-exit_on_sigterm()
+from podwire.demo.cluster import Cluster, ClusterSpec, NodeSpec, PodSpec, exit_on_signals
+exit_on_signals()
 with Cluster(ClusterSpec(nodes=(NodeSpec("node-a", (PodSpec("solo"),)),))) as c:
     child = c.run("solo", ["sleep", "300"])
     print(json.dumps({"prefix": c.prefix, "child": child.pid}), flush=True)

@@ -61,12 +61,19 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _start(port: int, *extra: str) -> subprocess.Popen[str]:
+    # Started as a non-interactive shell starts a background job (`podwire demo &` in a script, or
+    # a CI runner): SIGINT inherited ignored.  Ctrl-C and `kill -INT` must stop it all the same.
     return subprocess.Popen(
         [sys.executable, "-m", "podwire", "demo", "--no-tui", "--listen", f"127.0.0.1:{port}", *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        preexec_fn=_ignore_sigint,
     )
 
 

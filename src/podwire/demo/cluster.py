@@ -968,16 +968,17 @@ class Cluster:
 _AF_INET6 = 10
 
 
-def exit_on_sigterm() -> None:
-    """Make SIGTERM raise SystemExit in the main thread, so `with Cluster(...)` and atexit tear down.
-
-    (SIGINT already raises KeyboardInterrupt.) Call from the main thread of the program that builds.
-    """
+def exit_on_signals() -> None:
+    """Make SIGTERM raise SystemExit and SIGINT KeyboardInterrupt in the main thread, so
+    `with Cluster(...)` and atexit tear down.  SIGINT is set explicitly: a program started in the
+    background by a non-interactive shell inherits it ignored (Python then leaves it so), and a
+    demo that ignored Ctrl-C or `kill -INT` would never clean up.  Call from the main thread."""
 
     def handler(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

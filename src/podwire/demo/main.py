@@ -61,7 +61,7 @@ def run(settings: Settings, duration: float | None, tui: bool, otlp_endpoint: st
     except cl.NotRootError as exc:
         print(f"podwire: {exc}", file=sys.stderr)
         return 2
-    cl.exit_on_sigterm()
+    cl.exit_on_signals()
     stop = threading.Event()
     edges = table_view.EdgeTable(lambda c: counts_here(c.record.observed_side, c.client), counts_here)
     try:
