@@ -451,13 +451,19 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     # --- bulk throughput ----------------------------------------------------------------------
-    if not quick and "bulk" in only and shutil.which("iperf3"):
-        subprocess.run(
-            [sys.executable, str(ROOT / "benchmarks" / "capture_iperf3.py"), "--runs", str(reps)], check=False
-        )
+    if not quick and "bulk" in only:
         path = RESULTS / "capture_iperf3.json"
+        path.unlink(missing_ok=True)  # never report an earlier run's figure
+        if shutil.which("iperf3"):
+            subprocess.run(
+                [sys.executable, str(ROOT / "benchmarks" / "capture_iperf3.py"), "--runs", str(reps)],
+                check=False,
+            )
         if path.exists():
             result["iperf3"] = json.loads(path.read_text())
+        else:
+            why = "it failed" if shutil.which("iperf3") else "no iperf3 (scripts/setup.sh --test)"
+            result["iperf3"] = {"missing": why}
 
     result["seconds"] = round(time.monotonic() - started, 1)
     result["failures"] = failures
@@ -499,7 +505,9 @@ def print_table(r: dict[str, Any]) -> None:
     for n, b in r.get("tracker_bytes_per_open_connection", {}).items():
         rows.append((f"tracker memory per open connection ({int(n):,} open)", f"{b:.0f} bytes"))
     if "iperf3" in r:
-        rows.append(("iperf3 with the agent / without", f"{r['iperf3']['ratio'] * 100:.1f}%"))
+        bulk = r["iperf3"]
+        figure = f"{bulk['ratio'] * 100:.1f}%" if "ratio" in bulk else f"not measured: {bulk['missing']}"
+        rows.append(("iperf3 with the agent / without", figure))
     width = max(len(a) for a, _ in rows)
     print(
         f"\n{r['cpu_count']} cores, load {r['load_average_at_start'][0]:.1f} at start, "

@@ -9,7 +9,7 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 runtime_pkgs=(libpcap0.8 iproute2 nftables nginx-light curl python3-venv)
-test_pkgs=(tshark tcpdump prometheus ca-certificates chromium podman runc netavark debootstrap)  # tshark: the oracle; prometheus: promtool and PromQL checks; chromium: the live page (tests/views); podman, runc, netavark, debootstrap: the image built and run (tests/shipping/test_image.py)
+test_pkgs=(tshark tcpdump prometheus ca-certificates chromium podman runc netavark debootstrap iperf3)  # tshark: the oracle; prometheus: promtool and PromQL checks; chromium: the live page (tests/views); podman, runc, netavark, debootstrap: the image built and run (tests/shipping/test_image.py); iperf3: benchmarks/run's bulk row
 
 need=()
 for p in "${runtime_pkgs[@]}" $([ $want_test = 1 ] && echo "${test_pkgs[@]}"); do
