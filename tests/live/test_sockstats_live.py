@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
 import threading
 import time
 import urllib.request
@@ -107,6 +108,12 @@ def wait_until(check: Callable[[], bool], timeout: float = 10.0, what: str = "co
         time.sleep(0.05)
 
 
+def kernel_retransmits(sock: socket.socket) -> int:
+    """tcpi_total_retrans of a socket, from TCP_INFO (offset 100, as sock_diag carries it)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return int(struct.unpack_from("=I", info, 100)[0])
+
+
 def connect(cluster: Cluster, client: str, server_ip: str, port: int) -> socket.socket:
     sock = client_socket(cluster, cluster.pod(client))
     sock.connect((server_ip, port))
@@ -183,7 +190,7 @@ def test_a_long_lived_connection_shows_its_bytes_while_open_and_is_exact_at_clos
     lsock.close()
 
 
-def test_random_drops_show_as_retransmits_on_the_lossy_edge_only(
+def test_random_drops_show_as_retransmits_on_the_edge_whose_socket_retransmitted(
     two_node_cluster: Cluster, tmp_path: Path
 ) -> None:
     cluster = two_node_cluster
@@ -226,11 +233,17 @@ def test_random_drops_show_as_retransmits_on_the_lossy_edge_only(
             scrape(a, "podwire_tcp_connections_retransmitting_total", server_workload="api", sender="client")
             == 1
         )
-        # the clean edge may see a tail-loss probe on a busy machine, never the lossy edge's count
-        time.sleep(2 * INTERVAL)
-        lossy_count = scrape(a, retrans, server_workload="api")
-        clean_count = scrape(a, retrans, server_workload="db")
-        assert lossy_count >= 10 and clean_count <= lossy_count / 10, (lossy_count, clean_count)
+        # Each edge shows what its own client socket retransmitted, as the kernel counts it.  The
+        # clean edge is not always 0: a busy machine drops on a veth's backlog too (seen in CI: 90
+        # beside the lossy edge's 225), so compare with the kernel, socket by socket.
+        time.sleep(2 * INTERVAL)  # all sent data acked: the counters stand still
+        kernel = [kernel_retransmits(c) for c, _ in pairs]
+        assert kernel[0] >= 10, kernel
+
+        def shown() -> list[float]:
+            return [scrape(a, retrans, server_workload=w, sender="client") for w in ("api", "db")]
+
+        wait_until(lambda: shown() == kernel, what=f"retransmits per edge as the kernel counts them {kernel}")
         for c, _ in pairs:
             c.close()
         for t in readers:
