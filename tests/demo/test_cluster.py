@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from podwire.demo.cluster import (
     netns_path,
     pids_in_netns,
 )
+from tests.live.harness import kernel_retransmits
 
 pytestmark = pytest.mark.live
 
@@ -242,11 +242,6 @@ def test_run_starts_a_real_program_inside_the_pod_namespace(two_pod_cluster: Clu
 # ---------------------------------------------------------------- loss
 
 
-def _tcp_total_retrans(sock: socket.socket) -> int:
-    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
-    return int(struct.unpack_from("I", info, 100)[0])  # tcpi_total_retrans
-
-
 def test_loss_helper_drops_packets_and_removal_restores_the_path(two_pod_cluster: Cluster) -> None:
     c = two_pod_cluster
     server = c.pod("server")
@@ -287,7 +282,7 @@ def test_partial_loss_forces_retransmits_but_every_byte_arrives(two_pod_cluster:
                 s.sendall(blob)
                 s.shutdown(socket.SHUT_WR)
                 s.recv(1)  # the server's FIN: everything was acked
-                return _tcp_total_retrans(s)
+                return kernel_retransmits(s)
 
         # GRO hands nftables ~64 KiB at a time, so 2 MB is only ~30 chances at 10%: no drop at all
         # about once in 25 runs (seen in CI).  Send until one connection has retransmitted (bounded).

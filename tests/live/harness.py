@@ -7,6 +7,7 @@ thread; tests compare its records with what their programs really sent and recei
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -144,6 +145,12 @@ def send_all_and_count(sock: socket.socket, n: int, chunk: int = 1 << 16) -> int
     while left:
         left -= sock.send(block[: min(chunk, left)])
     return n
+
+
+def kernel_retransmits(sock: socket.socket) -> int:
+    """tcpi_total_retrans of a socket, from TCP_INFO (offset 100, as sock_diag carries it)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return int(struct.unpack_from("=I", info, 100)[0])
 
 
 def read_to_eof(sock: socket.socket) -> int:

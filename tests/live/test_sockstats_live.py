@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import socket
-import struct
 import threading
 import time
 import urllib.request
@@ -20,7 +19,7 @@ from podwire.config import Settings
 from podwire.demo.cluster import Cluster, nft_in_netns
 from podwire.demo.inventory import write_inventory
 from podwire.model import ConnectionProgress, ConnectionRecord, Identity, Side
-from tests.live.harness import client_socket, listener, read_to_eof
+from tests.live.harness import client_socket, kernel_retransmits, listener, read_to_eof
 
 INTERVAL = 0.3
 
@@ -106,12 +105,6 @@ def wait_until(check: Callable[[], bool], timeout: float = 10.0, what: str = "co
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-def kernel_retransmits(sock: socket.socket) -> int:
-    """tcpi_total_retrans of a socket, from TCP_INFO (offset 100, as sock_diag carries it)."""
-    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
-    return int(struct.unpack_from("=I", info, 100)[0])
 
 
 def connect(cluster: Cluster, client: str, server_ip: str, port: int) -> socket.socket:
