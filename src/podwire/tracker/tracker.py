@@ -865,10 +865,10 @@ class Tracker:
                 live = entry.live = _Live(c2s, s2c, smp.total_retrans, False)
             else:
                 live = entry.live = _Live(0, 0, 0, False)
+        if established and entry.state == _ESTABLISHED:  # the socket is alive: restart the idle timer
+            self._established.refresh(entry, self._sample_ts)
         sampled = (local_is_client, smp[6:])  # (two ends of one connection may share a point)
         if sampled == live.last:  # nothing moved since the last sample (an idle connection)
-            if established and entry.state == _ESTABLISHED:  # but alive: restart the idle timer
-                self._established.refresh(entry, self._sample_ts)
             return _NONE
         live.last = sampled
         if established:
@@ -877,8 +877,6 @@ class Tracker:
                 live.c2s = c2s
             if s2c > live.s2c:
                 live.s2c = s2c
-            if entry.state == _ESTABLISHED:  # alive: restart the idle timer
-                self._established.refresh(entry, self._sample_ts)
         live.rtt = smp.rtt_us / 1e6
         live.min_rtt = smp.min_rtt_us / 1e6
         if smp.total_retrans > live.retrans:
