@@ -454,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     if not quick and "bulk" in only:
         path = RESULTS / "capture_iperf3.json"
         path.unlink(missing_ok=True)  # never report an earlier run's figure
-        if shutil.which("iperf3"):
+        have_iperf3 = shutil.which("iperf3") is not None
+        if have_iperf3:
             subprocess.run(
                 [sys.executable, str(ROOT / "benchmarks" / "capture_iperf3.py"), "--runs", str(reps)],
                 check=False,
@@ -462,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         if path.exists():
             result["iperf3"] = json.loads(path.read_text())
         else:
-            why = "it failed" if shutil.which("iperf3") else "no iperf3 (scripts/setup.sh --test)"
+            why = "it failed" if have_iperf3 else "no iperf3 (scripts/setup.sh --test)"
             result["iperf3"] = {"missing": why}
 
     result["seconds"] = round(time.monotonic() - started, 1)
